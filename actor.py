@@ -1,0 +1,898 @@
+"""The actor: a frozen LLM that solves tasks by ReAct steps (Thought / Action / Observation).
+
+Prompt building and parsing, two LLM backends with one `complete()` method (an OpenAI-compatible
+HTTP endpoint, or a local model.py checkpoint), parallel rollouts logged as JSON Lines, the
+retrospector's prompt, and `python actor.py serve --model PATH`, which exposes a local checkpoint
+over the OpenAI protocol so that one GPU machine can host the actor for many rollout workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import copy
+import email.utils
+import functools
+import json
+import logging
+import os
+import queue
+import random
+import re
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import requests
+import torch
+
+import model as modelpy
+
+log = logging.getLogger("retroformer.actor")
+
+STOP = ("\nObservation",)  # the actor writes Thought + Action; the environment writes the Observation
+
+
+# ----------------------------------------------------------------------------- trajectories
+
+
+def render_step(thought: str, action: str, observation: str) -> str:
+    return f"Thought: {thought}\nAction: {action}\nObservation: {observation}\n"
+
+
+@dataclass
+class Trajectory:
+    """One trial of the actor on one task."""
+
+    env: str
+    task: int
+    trial: int
+    instruction: str  # env.reset(task): instruction and first observation
+    steps: list[tuple[str, str, str, float]] = field(default_factory=list)  # (thought, action, obs, reward)
+    ret: float = 0.0  # the return: sum of rewards (written as "return" in JSON)
+    success: bool = False
+    reflections: list[str] = field(default_factory=list)  # the memory the actor saw in its prompt
+    error: str | None = None  # the backend failed: the episode is void, not a task failure
+
+    def text(self) -> str:
+        """The episode as the actor sees it: instruction, then Thought / Action / Observation lines."""
+        return self.instruction.rstrip("\n") + "\n" + "".join(render_step(*s[:3]) for s in self.steps)
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["return"] = d.pop("ret")
+        return json.dumps(d)
+
+    @classmethod
+    def from_json(cls, line: str) -> Trajectory:
+        d = json.loads(line)
+        try:
+            d["ret"] = d.pop("return")
+            d["steps"] = [tuple(s) for s in d["steps"]]
+            return cls(**d)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"not a Trajectory record ({type(e).__name__}: {e}): {line[:200]!r}") from None
+
+
+# ----------------------------------------------------------------------------- prompts
+
+HEADER = (
+    "Solve the task by interleaving Thought, Action and Observation steps. A Thought reasons about the "
+    "current situation; an Action is one command to the environment, written on the line after the "
+    "Thought; the environment answers with an Observation."
+)
+ELIDED = "[{n} earlier steps elided to fit the context window]\n"
+
+
+def estimate_tokens(text: str) -> int:
+    """Conservative token count when no tokenizer is at hand: one token per 3 UTF-8 bytes.
+
+    BPE vocabularies of current LLMs average ~4 bytes per token on English text, so this overcounts
+    prose by about a third and leaves a margin for numbers, code and the chat template.
+    """
+    return len(text.encode("utf-8")) // 3 + 1
+
+
+def format_memory(reflections, k: int = 3) -> str:
+    """The last k reflections under Reflexion's memory header ("" when there are none)."""
+    if not reflections or k <= 0:
+        return ""
+    first = max(0, len(reflections) - k)
+    lines = ["Your memory for the task below:"]
+    for j in range(first, len(reflections)):
+        lines += [f"Trial {j + 1}:", reflections[j].strip()]
+    return "\n".join(lines) + "\n"
+
+
+def _fit(assemble, n_steps: int, n_examples: int, fits) -> str:
+    """The first assemble(n_elided, n_ex) that fits, trying in order: elide the oldest steps down to
+    the last one (binary search: fewer steps, shorter prompt), drop few-shot examples (last first),
+    elide the last step."""
+    if fits(text := assemble(0, n_examples)):
+        return text
+    if n_steps > 1 and fits(assemble(n_steps - 1, n_examples)):
+        lo, hi = 1, n_steps - 1  # the fewest elided steps that fit lies in [lo, hi]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if fits(assemble(mid, n_examples)) else (mid + 1, hi)
+        return assemble(lo, n_examples)
+    for n_elided, n_ex in [(max(n_steps - 1, 0), x) for x in reversed(range(n_examples))] + [(n_steps, 0)]:
+        if fits(text := assemble(n_elided, n_ex)):
+            return text
+    raise ValueError(
+        "prompt does not fit the context window even with every step and example left out: "
+        "the instruction and memory alone are too long (raise the context window or lower max_tokens)"
+    )
+
+
+def build_prompt(instruction: str, steps, reflections=(), examples=(), k: int = 3, count_tokens=None,
+                 max_prompt_tokens: int | None = None) -> str:  # fmt: skip
+    """The actor's prompt: header, few-shot examples, the last k reflections, the task, the steps so far.
+
+    When the prompt would have more than max_prompt_tokens (counted with count_tokens), the oldest
+    steps are replaced by a marker line (then examples dropped); the instruction and memory always stay.
+    """
+    rendered = [render_step(*s[:3]) for s in steps]
+    memory = format_memory(reflections, k)
+
+    def assemble(n_elided, n_ex):
+        parts = [HEADER + "\n\n"]
+        if n_ex:
+            parts.append("Here are some examples:\n" + "\n".join(examples[:n_ex]) + "(END OF EXAMPLES)\n\n")
+        parts += [memory + "\n" if memory else "", instruction.rstrip("\n") + "\n"]
+        parts += [ELIDED.format(n=n_elided) if n_elided else ""] + rendered[n_elided:] + ["Thought:"]
+        return "".join(parts)
+
+    if max_prompt_tokens is None:
+        return assemble(0, len(examples))
+    count = count_tokens or estimate_tokens
+    return _fit(assemble, len(steps), len(examples), lambda t: count(t) <= max_prompt_tokens)
+
+
+REFLECT_HEADER = (
+    "You are an advanced reasoning agent that improves by self-reflection. Below is a previous trial in "
+    "which you tried to complete a task and failed. In one short paragraph, state the root cause of the "
+    "failure, then a concise plan for the next trial that avoids it, starting with 'Plan:'."
+)
+
+
+def build_reflection_prompt(traj: Trajectory, examples=(), count_tokens=None,
+                            max_prompt_tokens: int | None = None) -> str:  # fmt: skip
+    """The retrospector's prompt: the task and the failed trajectory; the answer is the reflection."""
+    rendered = [render_step(*s[:3]) for s in traj.steps]
+    outcome = f"(The trial ended {'with' if traj.success else 'without'} success; return {traj.ret:g}.)\n\n"
+
+    def assemble(n_elided, n_ex):
+        parts = [REFLECT_HEADER + "\n\n"]
+        if n_ex:
+            parts.append(
+                "Here are some examples:\n" + "\n\n".join(examples[:n_ex]) + "\n(END OF EXAMPLES)\n\n"
+            )
+        parts += ["Previous trial:\n", traj.instruction.rstrip("\n") + "\n"]
+        parts += [ELIDED.format(n=n_elided) if n_elided else ""] + rendered[n_elided:]
+        return "".join(parts + [outcome, "Reflection:"])
+
+    if max_prompt_tokens is None:
+        return assemble(0, len(examples))
+    count = count_tokens or estimate_tokens
+    return _fit(assemble, len(rendered), len(examples), lambda t: count(t) <= max_prompt_tokens)
+
+
+_OBS_RE = re.compile(r"^\s*observation\s*\d*\s*:", re.I | re.M)
+_ACTION_RE = re.compile(r"(?:^|\s)\**action\s*\d*\s*\**\s*:\s*\**\s*(.*)$", re.I)
+_THOUGHT_RE = re.compile(r"^\**thought\s*\d*\s*\**\s*:\s*\**\s*", re.I)
+_COMMAND_RE = re.compile(r"^[A-Za-z][\w ]*\[[^\]\n]*\]")  # Search[x], click[Buy Now], finish[...]
+
+
+def _clean_action(a: str) -> str:
+    a = a.strip().strip("`*\"'").strip()
+    m = _COMMAND_RE.match(a)
+    return m.group(0) if m else a.rstrip(".").strip()  # "Search[x] to find y" -> "Search[x]"
+
+
+def parse_action(completion: str) -> tuple[str, str]:
+    """(thought, action) from one completion of the prompt (which ends with "Thought:").
+
+    Accepts "Thought: t\\nAction: a", numbered "Action 2: a", ALFWorld-style "> go to desk 1"
+    ("> think: ..." is a thought), a bare "Search[x]", a missing Thought, and extra text after the
+    action or a hallucinated Observation (cut). The action is "" when none is found; the
+    environment then answers with an informative observation.
+    """
+    m = _OBS_RE.search(completion)
+    text = completion[: m.start()] if m else completion
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    thoughts = []
+    for j, line in enumerate(lines):
+        if line.startswith(">"):
+            cmd = line[1:].strip()
+            if cmd.lower().startswith("think:"):
+                thoughts.append(cmd[len("think:") :].strip())
+                continue
+            return " ".join(thoughts), _clean_action(cmd)
+        m = _ACTION_RE.search(line)
+        if m:
+            before = _THOUGHT_RE.sub("", line[: m.start()].strip())
+            action = m.group(1) or (lines[j + 1] if j + 1 < len(lines) else "")  # "Action:\nSearch[x]"
+            return " ".join(thoughts + ([before] if before else [])), _clean_action(action)
+        thoughts.append(_THOUGHT_RE.sub("", line))
+    # no marked action: a bracket command on a line of its own, else the line after the thought
+    for j, t in enumerate(thoughts):
+        if _COMMAND_RE.fullmatch(t.rstrip(".")):
+            return " ".join(thoughts[:j]), _clean_action(t)
+    if len(thoughts) >= 2:
+        return " ".join(thoughts[:-1]), _clean_action(thoughts[-1])
+    return " ".join(thoughts), ""
+
+
+@functools.cache
+def few_shot_examples(env_name: str, n: int = 2, seed: int = 0) -> tuple[str, ...]:
+    """Texts of the first n successful expert episodes on the train split of `env_name` (cached)."""
+    import envs  # imported here: envs is only needed for default examples
+
+    env = envs.make(env_name, split="train", seed=seed)
+    out = []
+    for i in range(len(env)):
+        if len(out) == n:
+            break
+        traj, done, info = Trajectory(env_name, i, 0, env.reset(i)), False, {}
+        while not done:
+            thought, action = env.expert()
+            obs, reward, done, info = env.step(action)
+            traj.steps.append((thought, action, obs, float(reward)))
+        if info.get("success"):
+            out.append(traj.text())
+    if len(out) < n:
+        raise RuntimeError(f"few_shot_examples: the {env_name} expert solved only {len(out)} train tasks")
+    return tuple(out)
+
+
+# ----------------------------------------------------------------------------- episodes
+
+
+class Episode:
+    """One trial of the actor on task i, advanced one completion at a time, so that a driver can
+    put the next prompts of many episodes into one batch."""
+
+    def __init__(self, env, i: int, llm, reflections=(), trial: int = 0, examples=(), k: int = 3,
+                 max_tokens: int = 256):  # fmt: skip
+        self.env, self.llm, self.k, self.done = env, llm, k, False
+        instruction = env.reset(i)
+        # an example of this very task would hand the actor its solution
+        self.examples = [e for e in examples if not e.startswith(instruction.rstrip("\n"))]
+        used = list(reflections)[-k:] if k > 0 else []
+        self.traj = Trajectory(env.name, i, trial, instruction, reflections=used)
+        window = getattr(llm, "context_window", None)
+        self.max_prompt_tokens = None if window is None else window - max_tokens
+
+    def prompt(self) -> str:
+        t, count = self.traj, getattr(self.llm, "count_tokens", None)
+        return build_prompt(t.instruction, t.steps, t.reflections, self.examples, self.k, count,
+                            self.max_prompt_tokens)  # fmt: skip
+
+    def advance(self, completion: str):
+        thought, action = parse_action(completion)
+        obs, reward, done, info = self.env.step(action)
+        t = self.traj
+        t.steps.append((thought, action, obs, float(reward)))
+        t.ret += float(reward)
+        if done:
+            if "success" not in info:
+                raise KeyError(f"{t.env}: step() returned done=True without info['success']")
+            t.success, self.done = bool(info["success"]), True
+        elif len(t.steps) >= self.env.max_steps:  # the env should end it; never loop past the limit
+            self.done = True
+
+
+def run_trial(env, i: int, llm, reflections=(), trial: int = 0, examples=None, k: int = 3,
+              max_tokens: int = 256, temperature: float = 0.0) -> Trajectory:  # fmt: skip
+    """Run one trial of the actor on task i of env; raises LLMError if the backend fails."""
+    examples = few_shot_examples(env.name) if examples is None else examples
+    ep = Episode(env, i, llm, reflections, trial, examples, k, max_tokens)
+    while not ep.done:
+        ep.advance(llm.complete([ep.prompt()], max_tokens, temperature, STOP)[0])
+    return ep.traj
+
+
+class LLMError(RuntimeError):
+    """The backend could not complete a prompt (retries exhausted, or an error retrying cannot fix)."""
+
+
+class RolloutError(RuntimeError):
+    """Some episodes of run_trials() failed in the backend; .trajectories holds all results."""
+
+    def __init__(self, message: str, trajectories: list[Trajectory]):
+        super().__init__(message)
+        self.trajectories = trajectories
+
+
+def run_trials(make_env, tasks, llm, memories=None, trial: int = 0, log_path=None, concurrency: int = 8,
+               examples=None, k: int = 3, max_tokens: int = 256, temperature: float = 0.0,
+               strict: bool = True, max_consecutive_errors: int = 3) -> list[Trajectory]:  # fmt: skip
+    """Run one trial on each of `tasks` (task indices), `concurrency` episodes at a time.
+
+    make_env: a factory returning a fresh env (or an env, which is deep-copied: envs are not
+    thread-safe, so each live episode gets its own instance). memories: one list of reflections per
+    task. Backends with `batched = True` (LocalLLM) step all live episodes together, one complete()
+    call per step; others (HTTPLLM) run one episode per thread. Each finished episode is appended to
+    the JSON Lines file log_path at once. An episode whose backend failed gets `error` set; after
+    max_consecutive_errors such episodes in a row the rest are not started (recorded as errors too).
+    Returns trajectories in task order; if any episode errored and strict, raises RolloutError.
+    """
+    if hasattr(make_env, "reset") and not isinstance(make_env, type):  # an env, not a factory
+        template = make_env
+        make_env = lambda: copy.deepcopy(template)
+    tasks = list(tasks)
+    memories = [[] for _ in tasks] if memories is None else list(memories)
+    if len(memories) != len(tasks):
+        raise ValueError(f"run_trials: {len(memories)} memories for {len(tasks)} tasks")
+    if concurrency < 1:
+        raise ValueError(f"run_trials: concurrency must be >= 1, got {concurrency}")
+    free_envs = [make_env()]
+    env_name = free_envs[0].name
+    if examples is None:
+        examples = few_shot_examples(env_name)
+    results: list[Trajectory | None] = [None] * len(tasks)
+    lock = threading.Lock()
+    state = {"in_a_row": 0, "abort": None}
+    logf = open(log_path, "a", encoding="utf-8") if log_path else None
+
+    def take_env():
+        with lock:
+            return free_envs.pop() if free_envs else None
+
+    def episode(j, env):
+        return Episode(env or make_env(), tasks[j], llm, memories[j], trial, examples, k, max_tokens)
+
+    def finish(j, traj, env=None):
+        with lock:
+            results[j] = traj
+            if env is not None:
+                free_envs.append(env)
+            if logf:
+                logf.write(traj.to_json() + "\n")
+                logf.flush()
+            state["in_a_row"] = state["in_a_row"] + 1 if traj.error else 0
+            if state["in_a_row"] >= max_consecutive_errors and state["abort"] is None:
+                state["abort"] = (
+                    f"not started: {max_consecutive_errors} episodes in a row failed; last: {traj.error}"
+                )
+
+    def not_started(j):
+        used = list(memories[j])[-k:] if k > 0 else []
+        finish(j, Trajectory(env_name, tasks[j], trial, "", reflections=used, error=state["abort"]))
+
+    try:
+        if getattr(llm, "batched", False):
+            pending, live = collections.deque(range(len(tasks))), []
+            while pending or live:
+                while pending and len(live) < concurrency and state["abort"] is None:
+                    j = pending.popleft()
+                    live.append((j, episode(j, take_env())))
+                if not live:  # aborted
+                    not_started(pending.popleft())
+                    continue
+                try:
+                    outs = llm.complete([ep.prompt() for _, ep in live], max_tokens, temperature, STOP)
+                except LLMError as e:
+                    for _, ep in live:
+                        ep.traj.error, ep.done = str(e), True
+                else:
+                    for (_, ep), out in zip(live, outs, strict=True):
+                        ep.advance(out)
+                for j, ep in [x for x in live if x[1].done]:
+                    finish(j, ep.traj, ep.env)
+                live = [x for x in live if not x[1].done]
+        else:
+
+            def work(j):
+                if state["abort"] is not None:
+                    return not_started(j)
+                ep = episode(j, take_env())
+                try:
+                    while not ep.done:
+                        ep.advance(llm.complete([ep.prompt()], max_tokens, temperature, STOP)[0])
+                except LLMError as e:
+                    ep.traj.error = str(e)
+                finish(j, ep.traj, ep.env)
+
+            with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+                for f in [pool.submit(work, j) for j in range(len(tasks))]:
+                    f.result()  # re-raise bugs (env errors) here
+    finally:
+        if logf:
+            logf.close()
+    errors = [t for t in results if t.error]
+    if errors:
+        reasons = collections.Counter(t.error for t in errors).most_common(3)
+        summary = (
+            f"{len(errors)} of {len(tasks)} episodes failed in the backend (not task failures): "
+            + "; ".join(f"{n}x {r}" for r, n in reasons)
+        )
+        log.error(summary)
+        if strict:
+            raise RolloutError(summary, results)
+    return results
+
+
+# ----------------------------------------------------------------------------- backends
+
+
+def _retry_after(r: requests.Response) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), or None."""
+    v = r.headers.get("Retry-After")
+    if not v:
+        return None
+    try:
+        return max(0.0, float(v))
+    except ValueError:
+        try:
+            return max(0.0, email.utils.parsedate_to_datetime(v).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def _error_message(r: requests.Response) -> str:
+    try:
+        return str(r.json()["error"]["message"])[:500]
+    except (ValueError, KeyError, TypeError):
+        return r.text[:200]
+
+
+class HTTPLLM:
+    """An OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp server, Ollama, `actor.py serve`).
+
+    api: "completions" (POST {base_url}/completions, the prompt as is) or "chat" (POST
+    {base_url}/chat/completions, the prompt as one user message). The key is read from the
+    environment variable api_key_env (no key is sent when it is unset) and never printed or logged.
+    Retries 429, 5xx, malformed replies, connection errors and timeouts with exponential backoff and
+    jitter, honouring Retry-After; 400/401/404 raise LLMError at once with what to fix. Tokens are
+    counted with `tokenizer` (a model.py Tokenizer) when given, else with estimate_tokens().
+    """
+
+    batched = False
+
+    def __init__(self, base_url: str = "http://127.0.0.1:8000/v1", model: str = "default",
+                 api: str = "completions", api_key_env: str = "OPENAI_API_KEY", tokenizer=None,
+                 context_window: int = 8192, max_concurrency: int = 8, timeout=(5.0, 120.0),
+                 max_retries: int = 6, backoff: float = 1.0, max_backoff: float = 60.0,
+                 top_p: float = 1.0):  # fmt: skip
+        if api not in ("completions", "chat"):
+            raise ValueError(f"HTTPLLM: api must be 'completions' or 'chat', got {api!r}")
+        if max_concurrency < 1 or max_retries < 0:
+            raise ValueError(f"HTTPLLM: need max_concurrency >= 1 and max_retries >= 0, got "
+                             f"{max_concurrency}, {max_retries}")  # fmt: skip
+        self.base_url, self.model, self.api, self.api_key_env = base_url.rstrip("/"), model, api, api_key_env
+        self.url = f"{self.base_url}/{'chat/completions' if api == 'chat' else 'completions'}"
+        self._key = os.environ.get(api_key_env) or None
+        self.tokenizer, self.context_window, self.top_p = tokenizer, context_window, top_p
+        self.timeout, self.max_retries, self.backoff, self.max_backoff = (
+            timeout,
+            max_retries,
+            backoff,
+            max_backoff,
+        )
+        self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_concurrency)
+        self._local = threading.local()  # one requests.Session per thread
+
+    def __repr__(self):
+        return f"HTTPLLM(url={self.url!r}, model={self.model!r}, api_key_env={self.api_key_env!r})"
+
+    def count_tokens(self, text: str) -> int:
+        n = len(self.tokenizer.encode(text)) if self.tokenizer is not None else estimate_tokens(text)
+        return n + (16 if self.api == "chat" else 1)  # chat template / BOS overhead
+
+    def complete(self, prompts: list[str], max_tokens: int = 256, temperature: float = 0.0,
+                 stop=STOP) -> list[str]:  # fmt: skip
+        if len(prompts) == 1:
+            return [self._request(prompts[0], max_tokens, temperature, stop)]
+        return list(self._pool.map(lambda p: self._request(p, max_tokens, temperature, stop), prompts))
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._key, "***") if self._key else text
+
+    def _request(self, prompt: str, max_tokens: int, temperature: float, stop) -> str:
+        body = {
+            "model": self.model,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "top_p": self.top_p,
+        }
+        if stop:
+            body["stop"] = list(stop)
+        if self.api == "chat":
+            body["messages"] = [{"role": "user", "content": prompt}]
+        else:
+            body["prompt"] = prompt
+        headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
+        if not hasattr(self._local, "session"):
+            self._local.session = requests.Session()
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            wait = None
+            try:
+                with self._slots:
+                    r = self._local.session.post(self.url, json=body, headers=headers, timeout=self.timeout)
+            except requests.Timeout:
+                last = f"timed out after {self.timeout} s"
+            except requests.ConnectionError as e:
+                last = f"connection error: {e}"
+            else:
+                if r.status_code == 200:
+                    try:
+                        choice = r.json()["choices"][0]
+                        text = choice["message"]["content"] if self.api == "chat" else choice["text"]
+                        if not isinstance(text, str):
+                            raise TypeError(f"completion text is {type(text).__name__}")
+                        cut = [i for i in (text.find(s) for s in stop) if i >= 0]  # servers that ignore stop
+                        return text[: min(cut)] if cut else text
+                    except (ValueError, KeyError, IndexError, TypeError) as e:
+                        last = f"malformed response ({type(e).__name__}: {e}): {r.text[:200]!r}"
+                elif r.status_code == 429 or r.status_code >= 500:
+                    last, wait = f"HTTP {r.status_code}: {_error_message(r)}", _retry_after(r)
+                else:
+                    raise LLMError(self._scrub(self._fatal(r)))
+            last = self._scrub(last)
+            if attempt == self.max_retries:
+                break
+            if wait is None:
+                wait = min(self.max_backoff, self.backoff * 2**attempt) * random.uniform(0.5, 1.0)
+            log.warning(
+                "POST %s: %s; retry %d/%d in %.2f s", self.url, last, attempt + 1, self.max_retries, wait
+            )
+            time.sleep(wait)
+        raise LLMError(f"POST {self.url} failed after {self.max_retries + 1} attempts; last error: {last}")
+
+    def _fatal(self, r: requests.Response) -> str:
+        msg, code = _error_message(r), r.status_code
+        if code in (401, 403):
+            state = "set" if self._key else "NOT set"
+            return (
+                f"HTTP {code} from {self.url}: the server rejected the API key; check the environment "
+                f"variable {self.api_key_env} (it is {state}). Server said: {msg}"
+            )
+        if code == 404:
+            return (
+                f"HTTP 404 from {self.url}: check the base URL ({self.base_url}) and the model name "
+                f"({self.model!r}). Server said: {msg}"
+            )
+        return (
+            f"HTTP {code} from {self.url}: the request was rejected (a prompt longer than the "
+            f"model's context window? an unsupported parameter?). Server said: {msg}"
+        )
+
+
+class LocalLLM:
+    """A model.py checkpoint in this process; complete() runs all prompts as one generate() call."""
+
+    batched = True
+
+    def __init__(self, model, tokenizer, top_p: float = 1.0, seed: int = 0):
+        self.model, self.tokenizer, self.top_p = model.eval(), tokenizer, top_p
+        self.context_window = model.config.max_seq_len
+        device = next(model.parameters()).device
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.stop_ids = tuple(tokenizer.stop_ids)  # eos, <|eot_id|>, ...
+        self._lock = threading.Lock()  # one generate() at a time: the sampler's generator is shared
+
+    @classmethod
+    def load(cls, path, device="cpu", dtype=None, **kw) -> LocalLLM:
+        return cls(
+            modelpy.from_pretrained(path, device=device, dtype=dtype), modelpy.load_tokenizer(path), **kw
+        )
+
+    def encode(self, text: str) -> list[int]:
+        bos = self.tokenizer.bos_id
+        return ([bos] if bos is not None else []) + self.tokenizer.encode(text)
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        # encode_chat keeps control-token text typed inside a message as plain text (no injection)
+        return self.tokenizer.encode_chat(messages)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.encode(text))
+
+    def generate(self, prompts: list[list[int]], max_tokens: int, temperature: float = 0.0,
+                 top_p: float | None = None, stop=()):  # fmt: skip
+        """model.generate on token-id prompts -> list of model.Generation (text, tokens, finish_reason)."""
+        for j, p in enumerate(prompts):
+            if len(p) + max_tokens > self.context_window:
+                raise ValueError(
+                    f"prompt {j}: {len(p)} tokens + max_tokens {max_tokens} exceed the "
+                    f"context window of {self.context_window} tokens"
+                )
+        with self._lock:
+            return modelpy.generate(
+                self.model,
+                prompts,
+                max_tokens,
+                temperature=temperature,
+                top_p=self.top_p if top_p is None else top_p,
+                stop_ids=self.stop_ids,
+                stop_strings=tuple(stop),
+                tokenizer=self.tokenizer,
+                generator=self.generator,
+            )
+
+    def complete(self, prompts: list[str], max_tokens: int = 256, temperature: float = 0.0,
+                 stop=STOP) -> list[str]:  # fmt: skip
+        gens = self.generate([self.encode(p) for p in prompts], max_tokens, temperature, stop=stop)
+        return [g.text for g in gens]
+
+
+class ExpertLLM:
+    """A scripted stand-in for the actor that answers what env.expert() would do in the state the
+    prompt describes (it replays the prompt's actions on its own env). For plumbing tests and
+    benchmarks: it proves that instruction, steps and parsing survive the whole actor path."""
+
+    def __init__(self, make_env):
+        env = make_env()
+        self.tasks = collections.defaultdict(list)  # first text -> task indices (texts can repeat)
+        for i in range(len(env)):
+            self.tasks[env.reset(i).rstrip("\n")].append(i)
+        self.make_env, self._free, self._lock = make_env, [env], threading.Lock()  # envs reused by any thread
+
+    def complete(self, prompts: list[str], max_tokens: int = 256, temperature: float = 0.0, stop=STOP):
+        return [self.answer(p) for p in prompts]
+
+    def answer(self, prompt: str) -> str:
+        tail = prompt.rsplit("(END OF EXAMPLES)", 1)[-1]
+        pos, text = max(((tail.rfind(t), t) for t in self.tasks), key=lambda x: (x[0], len(x[1])))
+        if pos < 0:
+            raise ValueError("ExpertLLM: no task instruction of this env found in the prompt")
+        trajectory = tail[pos + len(text) :]
+        if re.search(r"^\[\d+ earlier steps elided", trajectory, re.M):
+            raise ValueError("ExpertLLM: the prompt has elided steps; cannot replay the episode")
+        actions = re.findall(r"^Action: (.*)$", trajectory, re.M)
+        with self._lock:
+            env = self._free.pop() if self._free else None
+        try:
+            env = env or self.make_env()
+            for i in self.tasks[text]:  # the task whose replayed observations are those in the prompt
+                env.reset(i)
+                at = 0
+                for a in actions:
+                    at = trajectory.find(f"Action: {a}\nObservation: {env.step(a)[0]}\n", at)
+                    if at < 0:
+                        break
+                if at >= 0:
+                    break
+            thought, action = env.expert()
+        finally:
+            with self._lock:
+                self._free.append(env)
+        return f" {thought}\nAction: {action}"
+
+
+# ----------------------------------------------------------------------------- server
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param = status, message, param
+
+
+class _Request:
+    def __init__(self, ids, key):
+        self.ids, self.key, self.future = ids, key, concurrent.futures.Future()
+
+
+class ActorServer(ThreadingHTTPServer):
+    """OpenAI-compatible server for a LocalLLM. Handler threads queue their requests; one worker
+    thread takes all waiting requests and runs them as one generate() call per sampling setting."""
+
+    daemon_threads = True
+
+    def __init__(self, llm: LocalLLM, model_name: str, host: str = "127.0.0.1", port: int = 8000,
+                 max_batch: int = 64):  # fmt: skip
+        super().__init__((host, port), _Handler)
+        self.llm, self.model_name, self.max_batch = llm, model_name, max_batch
+        self.queue: queue.Queue = queue.Queue()
+        self.n_batches = 0  # generate() calls so far
+        self.worker = threading.Thread(target=self._work, daemon=True)
+        self.worker.start()
+
+    def _work(self):
+        while True:
+            batch = [self.queue.get()]
+            while batch[-1] is not None and len(batch) < self.max_batch:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            groups = collections.defaultdict(list)
+            for req in batch:
+                if req is not None:
+                    groups[req.key].append(req)
+            for (max_tokens, temperature, top_p, stop), reqs in groups.items():
+                try:
+                    gens = self.llm.generate([r.ids for r in reqs], max_tokens, temperature, top_p, stop)
+                except Exception as e:  # noqa: BLE001 - handed to the waiting request threads
+                    gens = [e] * len(reqs)
+                self.n_batches += 1
+                for r, g in zip(reqs, gens, strict=True):
+                    r.future.set_exception(g) if isinstance(g, Exception) else r.future.set_result(g)
+            if batch[-1] is None:
+                return
+
+    def server_close(self):
+        self.queue.put(None)
+        super().server_close()
+
+    def completion(self, path: str, body: dict) -> dict:
+        """Answer a /v1/completions or /v1/chat/completions request body (raises APIError)."""
+        if not isinstance(body, dict):
+            raise APIError(400, "the request body must be a JSON object")
+        if body.get("model", self.model_name) != self.model_name:
+            raise APIError(
+                404,
+                f"The model `{body['model']}` does not exist; this server has `{self.model_name}`",
+                "model",
+            )
+        if body.get("n", 1) != 1:
+            raise APIError(400, "only n=1 is supported", "n")
+        if body.get("stream"):
+            raise APIError(400, "stream=true is not supported", "stream")
+        chat = path.endswith("/chat/completions")
+        max_tokens = body.get(
+            "max_completion_tokens" if chat and "max_completion_tokens" in body else "max_tokens",
+            256 if chat else 16,
+        )
+        temperature, top_p, stop = (
+            body.get("temperature", 1.0),
+            body.get("top_p", 1.0),
+            body.get("stop") or [],
+        )
+        stop = [stop] if isinstance(stop, str) else stop
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            raise APIError(400, f"max_tokens must be a positive integer, got {max_tokens!r}", "max_tokens")
+        if not isinstance(temperature, int | float) or not 0 <= temperature <= 2:
+            raise APIError(400, f"temperature must be in [0, 2], got {temperature!r}", "temperature")
+        if not isinstance(top_p, int | float) or not 0 < top_p <= 1:
+            raise APIError(400, f"top_p must be in (0, 1], got {top_p!r}", "top_p")
+        if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+            raise APIError(400, "stop must be a string or a list of non-empty strings", "stop")
+        if chat:
+            msgs = body.get("messages")
+            if (
+                not isinstance(msgs, list)
+                or not msgs
+                or not all(
+                    isinstance(m, dict)
+                    and isinstance(m.get("role"), str)
+                    and isinstance(m.get("content"), str)
+                    for m in msgs
+                )
+            ):
+                raise APIError(
+                    400,
+                    "messages must be a non-empty list of {role, content} with string content",
+                    "messages",
+                )
+            prompts = [self.llm.encode_chat(msgs)]
+        else:
+            p = body.get("prompt")
+            texts = [p] if isinstance(p, str) else p
+            if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+                raise APIError(400, "prompt must be a string or a non-empty list of strings", "prompt")
+            prompts = [self.llm.encode(t) for t in texts]
+        for ids in prompts:
+            if len(ids) + max_tokens > self.llm.context_window:
+                raise APIError(
+                    400,
+                    f"This model's maximum context length is {self.llm.context_window} tokens; "
+                    f"the prompt has {len(ids)} tokens and max_tokens is {max_tokens}",
+                    "max_tokens",
+                )
+        key = (max_tokens, float(temperature), float(top_p), tuple(stop))
+        reqs = [_Request(ids, key) for ids in prompts]
+        for r in reqs:
+            self.queue.put(r)
+        gens = [r.future.result() for r in reqs]
+        n_prompt, n_completion = sum(len(ids) for ids in prompts), sum(len(g.tokens) for g in gens)
+        if chat:
+            choices = [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": gens[0].text},
+                    "finish_reason": gens[0].finish_reason,
+                }
+            ]
+        else:
+            choices = [
+                {"index": j, "text": g.text, "logprobs": None, "finish_reason": g.finish_reason}
+                for j, g in enumerate(gens)
+            ]
+        return {
+            "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
+            "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": self.model_name,
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": n_prompt,
+                "completion_tokens": n_completion,
+                "total_tokens": n_prompt + n_completion,
+            },
+        }
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
+    server: ActorServer
+
+    def log_message(self, fmt, *args):
+        log.debug("%s - %s", self.address_string(), fmt % args)
+
+    def _send(self, status: int, obj: dict):
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, e: APIError):
+        kind = "invalid_request_error" if e.status < 500 else "server_error"
+        self._send(e.status, {"error": {"message": e.message, "type": kind, "param": e.param, "code": None}})
+
+    def do_GET(self):
+        if self.path.split("?")[0].rstrip("/") == "/v1/models":
+            model = {"id": self.server.model_name, "object": "model", "created": 0, "owned_by": "retroformer"}
+            return self._send(200, {"object": "list", "data": [model]})
+        self._error(APIError(404, f"unknown path {self.path}; try /v1/models"))
+
+    def do_POST(self):
+        path = self.path.split("?")[0].rstrip("/")
+        try:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if path not in ("/v1/completions", "/v1/chat/completions"):
+                raise APIError(
+                    404, f"unknown path {path}; this server has /v1/completions, /v1/chat/completions"
+                )
+            try:
+                body = json.loads(body)
+            except ValueError:
+                raise APIError(400, "the request body is not valid JSON") from None
+            self._send(200, self.server.completion(path, body))
+        except APIError as e:
+            self._error(e)
+        except Exception as e:  # noqa: BLE001 - a bug or a failed generate(): tell the client, keep serving
+            log.exception("request failed")
+            self._error(APIError(500, f"internal error: {type(e).__name__}: {e}"))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="serve a local checkpoint over the OpenAI-compatible protocol")
+    s.add_argument("--model", required=True, help="checkpoint directory (Hugging Face or Meta layout)")
+    s.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--name", default=None, help="model name clients send (default: the directory name)")
+    s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    s.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    s.add_argument("--max-batch", type=int, default=64, help="most requests in one generate() call")
+    s.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    llm = LocalLLM.load(args.model, device=args.device, dtype=dtype, seed=args.seed)
+    name = args.name or os.path.basename(os.path.normpath(args.model))
+    server = ActorServer(llm, name, args.host, args.port, args.max_batch)
+    log.info("serving %s as %r on http://%s:%d/v1", args.model, name, args.host, server.server_address[1])
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()
