@@ -1,0 +1,99 @@
+"""eval.py: eval.json schema, the three methods, adapters off for Reflexion, the markdown table."""
+
+import json
+
+import pytest
+import torch
+from test_train import ScriptedActor, make_tiny_retrospector, tiny_config
+
+import envs
+import eval as ev
+from lora import load_lora
+from train import Retrospector, train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(config, path of the tiny retrospector, out_dir holding adapters.pt after one PPO update)."""
+    tmp = tmp_path_factory.mktemp("eval")
+    retro_path = make_tiny_retrospector(tmp / "retro")
+    cfg = tiny_config(tmp, retro_path, eval_tasks=6, eval_seeds="0,1")
+    train(cfg, actor_llm=ScriptedActor())
+    return cfg, retro_path
+
+
+def check_schema(results, envs, max_trials, n_tasks, seeds):
+    assert list(results) == envs
+    for env in envs:
+        assert list(results[env]) == ["react", "reflexion", "retroformer"]
+        for r in results[env].values():
+            assert set(r) == {"success_by_trial", "ci95_by_trial", "n_tasks", "seeds", "n_void"}
+            s, c = r["success_by_trial"], r["ci95_by_trial"]
+            assert len(s) == len(c) == max_trials and r["n_tasks"] == n_tasks and r["seeds"] == seeds
+            assert all(0 <= x <= 1 for x in s)
+            assert all(s[k] <= s[k + 1] for k in range(len(s) - 1))  # solved in any of trials 0..k: monotone
+            assert all((x is None) if len(seeds) == 1 else x >= 0 for x in c)
+
+
+def test_evaluate_methods_on_a_scripted_actor(trained):
+    cfg, retro_path = trained
+    retro = Retrospector.load(cfg, "cpu", lora=False)
+    load_lora(retro.model, f"{cfg.out_dir}/adapters.pt")
+    train_split = lambda name, split: lambda: envs.make(name, "train", 0)  # the scripted actor's tasks
+    results = ev.evaluate(cfg, ScriptedActor(), retro, make_env=train_split)
+    check_schema(results, ["hotpotqa"], 3, 6, [0, 1])
+    r = results["hotpotqa"]
+    # trial 0 is shared; the scripted actor needs 0-2 reflections: react never improves, both
+    # reflection methods solve every task by the third trial
+    assert r["react"]["success_by_trial"][0] == r["retroformer"]["success_by_trial"][0] < 1
+    assert r["react"]["success_by_trial"][0] == r["react"]["success_by_trial"][-1]
+    assert r["reflexion"]["success_by_trial"][-1] == r["retroformer"]["success_by_trial"][-1] == 1.0
+    assert r["react"]["ci95_by_trial"] == [0.0, 0.0, 0.0]  # deterministic: no spread over seeds
+    table = ev.markdown_table(results)
+    assert "| hotpotqa | retroformer | " in table and "trial 2" in table
+
+
+def test_reflexion_is_the_retrospector_with_adapters_off(trained):
+    cfg, retro_path = trained
+    from actor import Trajectory
+
+    traj = Trajectory("hotpotqa", 0, 0, "Question: who?\n", [("t", "Finish[x]", "Episode finished.", 0.0)])
+    tuned = Retrospector.load(cfg, "cpu", lora=False)
+    load_lora(tuned.model, f"{cfg.out_dir}/adapters.pt")
+    base = Retrospector.load(cfg, "cpu", lora=False)
+    off = tuned.reflect([traj] * 3, torch.Generator().manual_seed(1), adapters=False)
+    ref = base.reflect([traj] * 3, torch.Generator().manual_seed(1))
+    on = tuned.reflect([traj] * 3, torch.Generator().manual_seed(1))
+    assert [r.ids for r in off] == [r.ids for r in ref]
+    for a, b in zip(off, ref, strict=True):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+    assert [r.logprobs for r in on] != [r.logprobs for r in off]  # the trained adapters matter
+
+
+def test_main_writes_eval_json(trained, capsys):
+    cfg, retro_path = trained
+    argv = [f"--out_dir={cfg.out_dir}", f"--retrospector_path={retro_path}", f"--actor_path={retro_path}",
+            "--envs=hotpotqa", "--eval_tasks=3", "--eval_seeds=0", "--max_trials=2", "--actor_max_tokens=6",
+            "--reflection_max_tokens=4", "--actor_temperature=1.0", "--progress=false",
+            '--env_options={"hotpotqa": {"max_steps": 3}}']  # fmt: skip
+    ev.main(argv)
+    out = json.load(open(f"{cfg.out_dir}/eval.json"))
+    assert out["config"]["eval_tasks"] == 3 and out["config"]["actor"] == "local"
+    check_schema(out["results"], ["hotpotqa"], 2, 3, [0])
+    text = capsys.readouterr().out
+    assert "| env | method | trial 0 | trial 1 |" in text
+    try:
+        import matplotlib  # noqa: F401
+
+        assert (cfg.out_dir + "/eval.png") in text
+    except ImportError:
+        assert "matplotlib is not installed: skipping the plot" in text
+
+
+def test_missing_adapters_and_bad_methods(trained, tmp_path):
+    cfg, retro_path = trained
+    with pytest.raises(SystemExit, match="adapters.pt not found: run train.py"):
+        ev.main([f"--out_dir={tmp_path}", f"--retrospector_path={retro_path}", f"--actor_path={retro_path}"])
+    cfg2 = tiny_config(tmp_path, retro_path, eval_methods="react,ppo")
+    with pytest.raises(ValueError, match=r"unknown \['ppo'\]"):
+        ev.evaluate(cfg2, ScriptedActor(), None)

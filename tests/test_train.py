@@ -1,0 +1,256 @@
+"""train.py: config parsing, reward bookkeeping, a tiny end-to-end run, checkpoint + resume.
+
+The retrospector is a tiny random Llama with a BPE vocabulary trained on environment text (built once
+per module); the actor is scripted, so rewards are known.
+"""
+
+import json
+import os
+import re
+import zlib
+
+import pytest
+import torch
+
+import envs
+import model as M
+from actor import HEADER, REFLECT_HEADER, STOP, ExpertLLM, LLMError
+from lora import lora_modules
+from train import Config, Retrospector, parse_config, rollout, success_counts, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_tiny_retrospector(path, seed=0, max_seq_len=512):
+    """A random-init tiny Llama + a small BPE tokenizer (eos only) saved in our HF layout."""
+    env = envs.make("hotpotqa", "train", seed=0)
+    texts = [REFLECT_HEADER, HEADER, "Plan: Trial Thought Action Observation"]
+    for i in range(10):  # expert episodes: the words the prompts are made of
+        texts.append(env.reset(i))
+        done = False
+        while not done:
+            thought, action = env.expert()
+            obs, _, done, _ = env.step(action)
+            texts.append(f"{thought} {action} {obs}")
+    tok = M.train_bpe(texts, 800)
+    torch.manual_seed(seed)
+    cfg = M.ModelConfig(arch="llama", vocab_size=800, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                        hidden_dim=64, max_seq_len=max_seq_len, tie_embeddings=True)  # fmt: skip
+    M.save_pretrained(M.Transformer(cfg), str(path))
+    tok.save(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def retro_path(tmp_path_factory):
+    return make_tiny_retrospector(tmp_path_factory.mktemp("retro"))
+
+
+class ScriptedActor:
+    """The expert on hotpotqa, except that task t fails (Finish[nobody], return 0) until its memory
+    holds need(t) = crc32(instruction) % 3 reflections. crash_at: raise (a simulated kill) at the
+    first prompt with that many reflections."""
+
+    def __init__(self, crash_at=None):
+        self.expert = ExpertLLM(lambda: envs.make("hotpotqa", "train", seed=0))
+        self.crash_at = crash_at
+
+    @staticmethod
+    def need(instruction: str) -> int:
+        return zlib.crc32(instruction.encode()) % 3
+
+    def complete(self, prompts, max_tokens=256, temperature=0.0, stop=STOP):
+        out = []
+        for p in prompts:
+            instruction = max((t for t in self.expert.tasks if t in p), key=len)
+            n_memory = len(re.findall(r"^Trial \d+:$", p, re.M))
+            if n_memory == self.crash_at:
+                raise RuntimeError("simulated crash")
+            ok = n_memory >= self.need(instruction)
+            out.append(self.expert.answer(p) if ok else " I give up.\nAction: Finish[nobody]")
+        return out
+
+
+def tiny_config(tmp_path, retro_path, **kw) -> Config:
+    base = dict(out_dir=str(tmp_path / "run"), envs="hotpotqa", retrospector_path=retro_path, updates=1,
+                tasks_per_env=6, max_trials=3, reflection_max_tokens=8, ppo_epochs=2, minibatch_size=4,
+                micro_batch_size=4, lr=1e-2, progress=False, lora_r=4,
+                lora_targets="q_proj,v_proj")  # fmt: skip
+    base.update(kw)
+    return Config(**base)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_config_defaults_file_and_flags(tmp_path):
+    assert parse_config([]) == Config()
+    f = tmp_path / "c.py"
+    f.write_text("import os\n_scratch = 3\nupdates = 7\nlr = 1  # an int for a float key\nenvs = 'webshop'\n")
+    cfg = parse_config([str(f), "--updates=9", "--resume", "--chat_template=0", "--target_kl=0.5"])
+    assert (cfg.updates, cfg.lr, cfg.envs, cfg.resume, cfg.chat_template, cfg.target_kl) == (
+        9, 1.0, "webshop", True, False, 0.5)  # fmt: skip
+    assert isinstance(cfg.lr, float)
+    for name in os.listdir(os.path.join(ROOT, "config")):
+        if name.endswith(".py"):
+            parse_config([os.path.join(ROOT, "config", name)])  # the shipped configs are valid
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--nope=1"], r"unknown config key 'nope'.*valid keys: out_dir, seed, .*lr"),
+        (["--lr=fast"], r"'lr' .*must be float, got 'fast'"),
+        (["--updates=2.5"], r"'updates' .*must be int"),
+        (["--resume=maybe"], r"'resume' .*must be bool"),
+        (["--lr"], r"'lr' needs a value"),
+        (["--updates=0"], r"'updates' must be >= 1"),
+        (["missing.py"], r"config file 'missing.py' not found"),
+    ],
+)
+def test_config_errors(argv, message):
+    with pytest.raises(ValueError, match=message):
+        parse_config(argv)
+
+
+def test_config_file_errors(tmp_path):
+    bad_key, bad_type = tmp_path / "a.py", tmp_path / "b.py"
+    bad_key.write_text("updatez = 3\n")
+    bad_type.write_text("updates = '3'\n")
+    with pytest.raises(ValueError, match=r"unknown config key 'updatez' \(in .*a.py\); valid keys"):
+        parse_config([str(bad_key)])
+    with pytest.raises(ValueError, match=r"'updates' \(in .*b.py\) must be int, got '3'"):
+        parse_config([str(bad_type)])
+
+
+# ----------------------------------------------------------------------------- reward bookkeeping
+
+
+class FakeEnv:
+    """One step: the action Answer[x] earns return x; success iff x >= 1."""
+
+    name, max_steps = "fake", 1
+
+    def __len__(self):
+        return 5
+
+    def reset(self, i):
+        return f"Task {i}: answer with a number.\n"
+
+    def step(self, action):
+        x = float(re.fullmatch(r"Answer\[(.*)\]", action).group(1))
+        return "Done.", x, True, {"success": x >= 1}
+
+
+RETURNS = {0: [0.2, 0.5, 1.0], 1: [1.0], 2: [0.0, 0.0, 0.3], 3: [0.5, 0.1, 0.1], 4: [0.0, "error"]}
+
+
+class FakeActor:
+    """Answers RETURNS[task][number of reflections in its memory]; "error" is a backend failure."""
+
+    def complete(self, prompts, max_tokens=256, temperature=0.0, stop=STOP):
+        out = []
+        for p in prompts:
+            task = int(re.findall(r"^Task (\d+):", p, re.M)[-1])
+            x = RETURNS[task][len(re.findall(r"^Trial \d+:$", p, re.M))]
+            if x == "error":
+                raise LLMError("server down")
+            out.append(f" thinking\nAction: Answer[{x}]")
+        return out
+
+
+def test_reward_is_change_of_return_and_void_episodes_are_excluded(tmp_path, retro_path):
+    cfg = tiny_config(tmp_path, retro_path, concurrency=2)
+    retro = Retrospector.load(cfg, "cpu")
+    replay, log = tmp_path / "replay.jsonl", tmp_path / "episodes.jsonl"
+    records, history = rollout(FakeEnv, range(5), FakeActor(), retro, cfg, "retroformer",
+                               generator=torch.Generator().manual_seed(0), log_path=str(log),
+                               replay_path=str(replay), tag={"update": 7})  # fmt: skip
+    got = [(r["task"], r["trial"], r["reward"]) for r in records]
+    want = [(0, 0, 0.3), (2, 0, 0.0), (3, 0, -0.4), (4, 0, None), (0, 1, 0.5), (2, 1, 0.3), (3, 1, 0.0)]
+    assert [(t, k) for t, k, _ in got] == [(t, k) for t, k, _ in want]
+    for (_, _, r), (_, _, w) in zip(got, want, strict=True):
+        assert r == (None if w is None else pytest.approx(w))
+    void = records[3]
+    assert void["error"] == "server down" and void["return_after"] is None
+    for r in records:  # PPO trains on the sampled tokens, ended by the stop token when it stopped
+        assert r["prompt_ids"] == retro.encode(r["prompt"]) and 1 <= len(r["reflection_ids"]) <= 9
+        assert r["reflection_ids"][: len(r["logprobs"])] == r["reflection_ids"][: len(r["logprobs"])]
+    lines = [json.loads(x) for x in replay.read_text().splitlines()]
+    assert [(x["task"], x["trial"], x["update"]) for x in lines] == [(t, k, 7) for t, k, _ in want]
+    assert len(log.read_text().splitlines()) == 5 + 4 + 3  # every trial of every task is logged
+    # task 4's retry failed in the backend: left out of the counts, not a failure
+    assert success_counts(history, 3) == ([1, 1, 2], 4, 1)
+    # the memory of the retry holds the reflection the record carries
+    assert history[0][1].reflections == [records[0]["reflection"]]
+
+
+def test_react_retries_without_memory(tmp_path, retro_path):
+    cfg = tiny_config(tmp_path, retro_path)
+    records, history = rollout(FakeEnv, range(4), FakeActor(), None, cfg, "react")
+    assert records == []
+    assert [t.ret for t in history[0]] == [0.2, 0.2, 0.2] and history[0][2].reflections == []
+    assert success_counts(history, 3) == ([1, 1, 1], 4, 0)
+    with pytest.raises(ValueError, match="unknown method 'ppo'"):
+        rollout(FakeEnv, range(4), FakeActor(), None, cfg, "ppo")
+
+
+# ----------------------------------------------------------------------------- training runs
+
+
+def adapters(retro):
+    return {n: p.detach().clone() for n, p in retro.model.named_parameters() if p.requires_grad}
+
+
+def test_tiny_end_to_end_run(tmp_path, retro_path):
+    cfg = tiny_config(tmp_path, retro_path)
+    retro = train(cfg, actor_llm=ScriptedActor())
+    out = tmp_path / "run"
+    files = {"ckpt.pt", "adapters.pt", "replay.jsonl", "episodes.jsonl", "metrics.jsonl"}
+    assert files <= set(os.listdir(out))
+    replay = [json.loads(x) for x in (out / "replay.jsonl").read_text().splitlines()]
+    assert replay and all(r["reward"] in (0.0, 1.0) and r["update"] == 1 for r in replay)
+    (row,) = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert row["n_reflections"] == len(replay) and row["reward_mean"] == pytest.approx(
+        sum(r["reward"] for r in replay) / len(replay))  # fmt: skip
+    s = row["hotpotqa/success_by_trial"]
+    assert len(s) == 3 and s[0] <= s[1] <= s[2] == 1.0  # every task is solved by its third trial
+    for key in ("policy_loss", "value_loss", "kl_ref", "approx_kl", "tokens_per_s", "rollout_s"):
+        assert key in row
+    # the update moved the adapters (B starts at zero) and the checkpoint holds them
+    assert any(m.lora_B.abs().sum() > 0 for m in lora_modules(retro.model).values())
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    assert ckpt["update"] == 1
+    for n, p in adapters(retro).items():
+        assert torch.equal(ckpt["lora"][n], p)
+    with pytest.raises(SystemExit, match="exists: pass --resume"):
+        train(cfg, actor_llm=ScriptedActor())
+
+
+def test_resume_after_crash_gives_the_same_adapters(tmp_path, retro_path):
+    whole = train(tiny_config(tmp_path / "a", retro_path, updates=2), actor_llm=ScriptedActor())
+    cfg = tiny_config(tmp_path / "b", retro_path, updates=1)
+    train(cfg, actor_llm=ScriptedActor())  # stops after update 1
+    cfg.updates, cfg.resume = 2, True
+    with pytest.raises(RuntimeError, match="simulated crash"):  # killed in the middle of update 2
+        train(cfg, actor_llm=ScriptedActor(crash_at=2))  # after trial 1's records are written
+    resumed = train(cfg, actor_llm=ScriptedActor())
+    a, b = adapters(whole), adapters(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    ckpt_a = torch.load(tmp_path / "a/run/ckpt.pt", weights_only=True)
+    ckpt_b = torch.load(tmp_path / "b/run/ckpt.pt", weights_only=True)
+    assert ckpt_a["update"] == ckpt_b["update"] == 2
+    for k, v in ckpt_a["value_head"].items():
+        assert torch.equal(v, ckpt_b["value_head"][k])
+    # replay is appended, never rewritten: the crashed attempt's records stay, the last attempt
+    # of each update equals the uninterrupted run's records
+    strip = lambda r: {k: v for k, v in r.items() if k != "attempt"}
+    ra = [json.loads(x) for x in (tmp_path / "a/run/replay.jsonl").read_text().splitlines()]
+    rb = [json.loads(x) for x in (tmp_path / "b/run/replay.jsonl").read_text().splitlines()]
+    attempts = list(dict.fromkeys(r["attempt"] for r in rb))
+    assert len(attempts) == 3
+    last = {r["update"]: r["attempt"] for r in rb}
+    assert [strip(r) for r in rb if r["attempt"] == last[r["update"]]] == [strip(r) for r in ra]
+    assert len(rb) > len(ra)  # the crashed attempt's reflections are kept
+    metrics = [json.loads(x)["update"] for x in (tmp_path / "b/run/metrics.jsonl").read_text().splitlines()]
+    assert metrics == [1, 2]

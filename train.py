@@ -1,0 +1,607 @@
+"""Retroformer: train the retrospector's LoRA by PPO on the change of return its reflections bring.
+
+    python train.py                                      # offline default: tiny actor + retrospector, 3 envs
+    python train.py config/hotpotqa_http_llama3.py --updates=20
+    torchrun --nproc_per_node=2 train.py --device=cpu     # rollouts sharded over ranks, DDP update
+
+Per update (one epoch of the paper's algorithm box):
+    sample training tasks; trial 0 of the frozen actor with an empty memory
+    for k = 1 .. max_trials-1, on the tasks not solved yet:
+        the retrospector samples a reflection on the failed trial k-1 (adapters on, temperature ~1)
+        the actor retries with the reflection in its memory; reward(reflection) = G_k - G_{k-1}
+    PPO update of the retrospector's LoRA (+ value head) on the (prompt, reflection, reward) records
+
+One LoRA is trained over all environments of `envs`; eval.py reports each environment.
+Files in out_dir: replay.jsonl (every reflection and its reward, appended as made), episodes.jsonl
+(every trial, from actor.run_trials), metrics.jsonl (one line per update), ckpt.pt (adapters, value
+head, optimizer, RNG states, step) and adapters.pt (lora.save_lora, what eval.py loads).
+With torchrun, ranks > 0 write replay.rank{r}.jsonl / episodes.rank{r}.jsonl; rank 0 the rest.
+"""
+
+import contextlib
+import json
+import os
+import random
+import sys
+import time
+import uuid
+import zlib
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+import envs
+import model as modelpy
+from actor import HTTPLLM, ExpertLLM, LocalLLM, build_reflection_prompt, few_shot_examples, run_trials
+from lora import apply_lora, disable_lora, lora_report, save_lora
+from ppo import PPOConfig, PPOTrainer, make_rollout, ppo_update
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass
+class Config:
+    # run
+    out_dir: str = "out"
+    seed: int = 0
+    resume: bool = False  # continue from out_dir/ckpt.pt
+    device: str = "cpu"  # "cuda" on a GPU (torchrun: cuda:LOCAL_RANK)
+    dtype: str = "float32"  # bfloat16 | float16 | float32 (frozen weights; LoRA stays float32)
+    progress: bool = True  # tqdm bars
+    # environments
+    envs: str = "hotpotqa,alfworld,webshop"
+    env_seed: int = 0  # the generated world (train and test splits never overlap)
+    env_options: str = '{"alfworld": {"max_steps": 30}}'  # JSON {env: {option: value}} for envs.make
+    # actor (frozen)
+    actor: str = "local"  # local (model.py checkpoint) | http (OpenAI-compatible server) | expert (scripted)
+    actor_path: str = "checkpoints/tiny/actor"
+    actor_url: str = "http://127.0.0.1:8000/v1"
+    actor_model: str = "default"
+    actor_api: str = "completions"  # completions | chat
+    actor_api_key_env: str = "OPENAI_API_KEY"
+    actor_context_window: int = 8192  # http only; local reads max_seq_len
+    actor_max_tokens: int = 64
+    actor_temperature: float = 0.0
+    concurrency: int = 16  # episodes in flight (one batch for a local actor)
+    n_examples: int = 0  # few-shot examples in the actor's prompt
+    memory_k: int = 3  # reflections shown to the actor
+    # retrospector (LoRA-trained)
+    retrospector_path: str = "checkpoints/tiny/retrospector"
+    chat_template: bool = False  # wrap the reflection prompt in the tokenizer's chat template
+    reflection_max_tokens: int = 96
+    reflection_temperature: float = 1.0
+    reflection_top_p: float = 1.0
+    reflection_batch_size: int = 16
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    # loop
+    updates: int = 4  # each: one rollout epoch, then one PPO update
+    tasks_per_env: int = 8  # training tasks sampled per environment per update
+    max_trials: int = 3
+    checkpoint_every: int = 1  # updates
+    # PPO (ppo.PPOConfig)
+    lr: float = 1e-4
+    ppo_epochs: int = 4
+    minibatch_size: int = 8
+    micro_batch_size: int = 4
+    clip_eps: float = 0.2
+    vf_coef: float = 0.5
+    ent_coef: float = 0.0
+    kl_coef: float = 0.05
+    target_kl: float = 0.0  # > 0: adaptive KL coefficient (Ziegler et al.); 0: fixed
+    max_grad_norm: float = 1.0
+    # eval.py
+    eval_tasks: int = 20  # first N test tasks per environment
+    eval_seeds: str = "0,1,2"
+    eval_methods: str = "react,reflexion,retroformer"
+
+
+def _typed(key: str, value, source: str, text: bool = False):
+    """`value` (a Python value, or command-line text) as the type of Config.<key>; a clear error otherwise."""
+    types = {f.name: f.type for f in fields(Config)}
+    if key not in types:
+        raise ValueError(f"unknown config key {key!r} ({source}); valid keys: {', '.join(types)}")
+    want = types[key]
+    if text and want is not str:
+        v = value.strip().lower()
+        try:
+            if want is bool:
+                if v not in ("true", "false", "1", "0"):
+                    raise ValueError
+                return v in ("true", "1")
+            return want(v)
+        except ValueError:
+            raise ValueError(f"config key {key!r} ({source}) must be {want.__name__}, "
+                             f"got {value!r}") from None
+    ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise ValueError(f"config key {key!r} ({source}) must be {want.__name__}, got {value!r}")
+    return value
+
+
+def parse_config(argv) -> Config:
+    """Config from defaults, then each argument in order: a config file (Python `key = value`
+    assignments; names starting with '_' and imported modules are not keys) or --key=value."""
+    cfg = Config()
+    for arg in argv:
+        if arg.startswith("--"):
+            key, eq, value = arg[2:].partition("=")
+            key = key.replace("-", "_")
+            if not eq:  # a bare --flag sets a bool key to true
+                types = {f.name: f.type for f in fields(Config)}
+                if types.get(key, bool) is not bool:
+                    raise ValueError(f"config key {key!r} needs a value: --{key}=VALUE")
+                value = "true"
+            setattr(cfg, key, _typed(key, value, arg, text=True))
+        else:
+            if not os.path.isfile(arg):
+                raise ValueError(f"config file {arg!r} not found (arguments are config files or --key=value)")
+            namespace = {}
+            with open(arg) as f:
+                exec(compile(f.read(), arg, "exec"), namespace)  # noqa: S102 - the user's own config file
+            for key, value in namespace.items():
+                if key.startswith("_") or type(value).__name__ == "module":
+                    continue
+                setattr(cfg, key, _typed(key, value, f"in {arg}"))
+    for key in ("updates", "tasks_per_env", "max_trials", "checkpoint_every", "concurrency", "eval_tasks"):
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"config key {key!r} must be >= 1, got {getattr(cfg, key)}")
+    return cfg
+
+
+def env_options(cfg: Config) -> dict:
+    try:
+        opts = json.loads(cfg.env_options) if cfg.env_options.strip() else {}
+    except json.JSONDecodeError as e:
+        raise ValueError(f"config key 'env_options' is not valid JSON ({e}): {cfg.env_options!r}") from None
+    if not isinstance(opts, dict) or not all(isinstance(v, dict) for v in opts.values()):
+        raise ValueError(f"config key 'env_options' must be a JSON object {{env: {{option: value}}}}, "
+                         f"got {cfg.env_options!r}")  # fmt: skip
+    return opts
+
+
+def env_names(cfg: Config) -> list[str]:
+    return [n.strip() for n in cfg.envs.split(",") if n.strip()]
+
+
+def env_factory(cfg: Config, name: str, split: str):
+    opts = env_options(cfg).get(name, {})
+    envs.make(name, split, cfg.env_seed, **opts)  # fail here, not in a worker thread, on a bad option
+    return lambda: envs.make(name, split, cfg.env_seed, **opts)
+
+
+def derive_seed(*parts) -> int:
+    """A seed from (seed, update, rank, purpose, ...): rollouts of an update do not depend on what ran
+    before, so a resumed run regenerates exactly the episodes the crashed run would have made."""
+    return zlib.crc32("/".join(map(str, parts)).encode())
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def ensure_checkpoints(cfg: Config):
+    """Build the tiny offline checkpoints with pretrain.py when a default path is missing."""
+    paths = [cfg.retrospector_path] + ([cfg.actor_path] if cfg.actor == "local" else [])
+    missing = [p for p in paths if not os.path.isdir(p)]
+    if not missing:
+        return
+    defaults = {Config.actor_path, Config.retrospector_path}
+    if any(p not in defaults for p in missing):
+        raise FileNotFoundError(f"no checkpoint folder {missing[0]!r} (set actor_path / retrospector_path)")
+    try:
+        import pretrain  # issue #7: trains the tiny actor and retrospector from scratch
+    except ImportError as e:
+        raise SystemExit(f"{missing} missing, and pretrain.py (builds them) cannot be imported: {e}") from e
+    print(f"{missing} missing: running pretrain.main() to build the tiny checkpoints first")
+    pretrain.main([])  # [] : not our command line
+
+
+def torch_dtype(cfg: Config):
+    if cfg.dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"config key 'dtype' must be float32, bfloat16 or float16, got {cfg.dtype!r}")
+    return getattr(torch, cfg.dtype)
+
+
+def build_actor(cfg: Config, device):
+    if cfg.actor == "local":
+        return LocalLLM.load(cfg.actor_path, device=device, dtype=torch_dtype(cfg), seed=cfg.seed)
+    if cfg.actor == "http":
+        return HTTPLLM(cfg.actor_url, cfg.actor_model, api=cfg.actor_api, api_key_env=cfg.actor_api_key_env,
+                       context_window=cfg.actor_context_window, max_concurrency=cfg.concurrency)
+    if cfg.actor == "expert":  # scripted: solves (nearly) everything; for plumbing runs
+        names = env_names(cfg)
+        if len(names) != 1:
+            raise ValueError("actor='expert' runs one environment at a time: set envs to one name")
+        return ExpertLLM(env_factory(cfg, names[0], "train"))
+    raise ValueError(f"config key 'actor' must be local, http or expert, got {cfg.actor!r}")
+
+
+def reseed_actor(actor_llm, seed: int):
+    if isinstance(getattr(actor_llm, "generator", None), torch.Generator):  # LocalLLM's sampler
+        actor_llm.generator.manual_seed(seed)
+
+
+@dataclass
+class Reflection:
+    prompt: str
+    prompt_ids: list[int]
+    text: str
+    ids: list[int]  # sampled tokens + the stop token when it stopped: what PPO trains on
+    logprobs: list[float]  # of the sampled tokens (stop token excluded)
+
+
+class Retrospector:
+    """The retrospective model: a causal LM with LoRA adapters that writes reflections."""
+
+    def __init__(self, model, tokenizer, chat_template=False, max_tokens=96, temperature=1.0, top_p=1.0,
+                 batch_size=16):  # fmt: skip
+        self.model, self.tokenizer, self.chat_template = model.eval(), tokenizer, chat_template
+        self.max_tokens, self.temperature, self.top_p = max_tokens, temperature, top_p
+        self.batch_size = batch_size
+        eot = tokenizer.special_tokens.get("<|eot_id|>")
+        self.stop_id = eot if chat_template and eot is not None else tokenizer.eos_id
+        if self.stop_id is None:
+            raise ValueError("the retrospector's tokenizer has no eos token: a reflection could never end")
+
+    @classmethod
+    def load(cls, cfg: Config, device, lora=True):
+        model = modelpy.from_pretrained(cfg.retrospector_path, device=device, dtype=torch_dtype(cfg))
+        if lora:
+            apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, targets=cfg.lora_targets.split(","))
+        return cls(model, modelpy.load_tokenizer(cfg.retrospector_path), cfg.chat_template,
+                   cfg.reflection_max_tokens, cfg.reflection_temperature, cfg.reflection_top_p,
+                   cfg.reflection_batch_size)  # fmt: skip
+
+    def encode(self, text: str) -> list[int]:
+        if self.chat_template:  # raises a clear error when the tokenizer has no chat specials
+            return self.tokenizer.encode_chat([{"role": "user", "content": text}])
+        bos = self.tokenizer.bos_id
+        return ([bos] if bos is not None else []) + self.tokenizer.encode(text)
+
+    def reflect(self, trajs, generator=None, adapters=True) -> list[Reflection]:
+        """One sampled reflection per failed trajectory; adapters=False is the frozen base (Reflexion)."""
+        budget = self.model.config.max_seq_len - self.max_tokens
+        count = lambda s: len(self.encode(s))
+        prompts = [build_reflection_prompt(t, count_tokens=count, max_prompt_tokens=budget) for t in trajs]
+        out = []
+        with contextlib.nullcontext() if adapters else disable_lora(self.model):
+            for s in range(0, len(prompts), self.batch_size):
+                chunk = prompts[s : s + self.batch_size]
+                ids = [self.encode(p) for p in chunk]
+                gens = modelpy.generate(self.model, ids, self.max_tokens, self.temperature, self.top_p,
+                                        stop_ids=(self.stop_id,), tokenizer=self.tokenizer,
+                                        generator=generator)  # fmt: skip
+                for p, i, g in zip(chunk, ids, gens, strict=True):
+                    stop = [self.stop_id] if g.finish_reason == "stop" else []
+                    out.append(Reflection(p, i, g.text.strip(), g.tokens + stop, g.logprobs))
+        return out
+
+
+# ----------------------------------------------------------------------------- rollouts
+
+
+def actor_trials(make_env, tasks, actor_llm, cfg: Config, memories=None, trial=0, examples=(), log_path=None):
+    """Trial `trial` of the actor on each of `tasks`; backend failures come back as void trajectories."""
+    return run_trials(make_env, tasks, actor_llm, memories, trial=trial, log_path=log_path,
+                      concurrency=cfg.concurrency, examples=examples, k=cfg.memory_k,
+                      max_tokens=cfg.actor_max_tokens, temperature=cfg.actor_temperature, strict=False)
+
+
+def rollout(make_env, tasks, actor_llm, retrospector, cfg: Config, method="retroformer", examples=(),
+            generator=None, log_path=None, replay_path=None, tag=None, first=None):  # fmt: skip
+    """Trials 0..max_trials-1 of the actor on `tasks` (indices into one env); after each failed trial
+    the retrospector writes a reflection that joins the task's memory for the next trial.
+
+    method: 'retroformer' (adapters on), 'reflexion' (adapters off) or 'react' (retry, no memory).
+    first: trial-0 trajectories to start from (eval.py shares them between methods).
+    Returns (records, history): one record per reflection with reward G_{k+1} - G_k (None when the
+    retry failed in the backend: such episodes are void, not task failures), and task -> trials.
+    Each record is appended to the JSON Lines file replay_path (with `tag`) as soon as it is made.
+    """
+    if method not in ("react", "reflexion", "retroformer"):
+        raise ValueError(f"rollout: unknown method {method!r}: expected react, reflexion or retroformer")
+    trials = lambda task_ids, memories, k: actor_trials(make_env, task_ids, actor_llm, cfg, memories, k,
+                                                        examples, log_path)  # fmt: skip
+    trajs = list(first) if first is not None else trials(list(tasks), None, 0)
+    history = {t.task: [t] for t in trajs}
+    memory = {t.task: [] for t in trajs}
+    records = []
+    for k in range(1, cfg.max_trials):
+        failed = [t for t in trajs if not t.success and not t.error]
+        if not failed:
+            break
+        if method == "react":
+            reflections = [None] * len(failed)
+        else:
+            reflections = retrospector.reflect(failed, generator, adapters=method == "retroformer")
+        for t, r in zip(failed, reflections, strict=True):
+            if r is not None:
+                memory[t.task].append(r.text)
+        trajs = trials([t.task for t in failed], [memory[t.task] for t in failed], k)
+        for before, r, after in zip(failed, reflections, trajs, strict=True):
+            history[after.task].append(after)
+            if r is None:
+                continue
+            void = after.error is not None
+            rec = dict(env=before.env, task=before.task, trial=before.trial, prompt=r.prompt,
+                       reflection=r.text, reflection_ids=r.ids, logprobs=r.logprobs,
+                       return_before=before.ret, return_after=None if void else after.ret,
+                       reward=None if void else after.ret - before.ret, error=after.error)  # fmt: skip
+            if replay_path:
+                with open(replay_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps({**(tag or {}), **rec}) + "\n")
+            records.append({**rec, "prompt_ids": r.prompt_ids})
+    return records, history
+
+
+def success_counts(history: dict, max_trials: int) -> tuple[list[int], int, int]:
+    """(solved[k] = tasks solved in any of trials 0..k, n_tasks, n_void); a task with a void
+    (backend-failed) trial is left out of the counts."""
+    solved, n, void = [0] * max_trials, 0, 0
+    for ts in history.values():
+        if any(t.error for t in ts):
+            void += 1
+            continue
+        n += 1
+        first = next((t.trial for t in ts if t.success), None)
+        for k in range(max_trials):
+            solved[k] += first is not None and first <= k
+    return solved, n, void
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+def init_distributed(cfg: Config):
+    """(rank, world, device); torchrun sets WORLD_SIZE > 1: gloo on CPU, nccl on GPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = cfg.device
+    if world == 1:
+        return 0, 1, device
+    if device.startswith("cuda"):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank(), world, device
+
+
+def all_gather(obj, world: int) -> list:
+    if world == 1:
+        return [obj]
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def shard_for_rank(records: list, rank: int, world: int) -> list:
+    """This rank's equal share of all ranks' records. DDP needs the same number of backward passes on
+    every rank, so the list is padded to a multiple of `world` by repeating its first records (at most
+    world - 1 reflections count twice in an update)."""
+    if world == 1:
+        return records
+    pad = (-len(records)) % world
+    records = records + [records[j % len(records)] for j in range(pad)]
+    return records[rank::world]
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def rng_state(trainer) -> dict:
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+             "torch": torch.get_rng_state(), "ppo": trainer.generator.get_state()}  # fmt: skip
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, trainer):
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    trainer.generator.set_state(state["ppo"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _atomic(save, path):
+    tmp = f"{path}.tmp{os.getpid()}"
+    save(tmp)
+    os.replace(tmp, path)  # a reader (or a resume after a kill) sees the old file or the new one
+
+
+def save_checkpoint(out_dir: str, update: int, cfg: Config, retrospector, trainer):
+    model = retrospector.model
+    state = {"update": update, "config": asdict(cfg), "kl_coef": trainer.kl_ctl.value,
+             "lora": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
+             "value_head": trainer.value_head.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+             "rng": rng_state(trainer)}  # fmt: skip
+    _atomic(lambda p: torch.save(state, p), os.path.join(out_dir, "ckpt.pt"))
+    _atomic(lambda p: save_lora(model, p), os.path.join(out_dir, "adapters.pt"))
+
+
+def load_checkpoint(path: str, retrospector, trainer) -> int:
+    """Restore adapters, value head, optimizer, KL coefficient and RNG states; returns the update."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    params = {n: p for n, p in retrospector.model.named_parameters() if p.requires_grad}
+    if set(params) != set(state["lora"]):
+        diff = sorted(set(params) ^ set(state["lora"]))[:5]
+        raise ValueError(f"{path}: its adapters do not match the model's (lora_r / lora_targets changed?): "
+                         f"{diff}")  # fmt: skip
+    with torch.no_grad():
+        for n, p in params.items():
+            if p.shape != state["lora"][n].shape:
+                raise ValueError(f"{path}: tensor {n!r} has shape {tuple(state['lora'][n].shape)}, "
+                                 f"the model's is {tuple(p.shape)} (lora_r changed?)")  # fmt: skip
+            p.copy_(state["lora"][n])
+    trainer.value_head.load_state_dict(state["value_head"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.kl_ctl.value = state["kl_coef"]
+    set_rng_state(state["rng"], trainer)
+    return state["update"]
+
+
+# ----------------------------------------------------------------------------- PPO
+
+
+def ppo_config(cfg: Config) -> PPOConfig:
+    return PPOConfig(lr=cfg.lr, epochs=cfg.ppo_epochs, minibatch_size=cfg.minibatch_size,
+                     micro_batch_size=cfg.micro_batch_size, clip_eps=cfg.clip_eps, vf_coef=cfg.vf_coef,
+                     ent_coef=cfg.ent_coef, kl_coef=cfg.kl_coef, target_kl=cfg.target_kl or None,
+                     max_grad_norm=cfg.max_grad_norm)  # fmt: skip
+
+
+def ppo_step(trainer, policy, value_head, records, world: int) -> dict:
+    """PPOTrainer.step with the update run through `policy` / `value_head` (DDP-wrapped when world > 1,
+    so gradients are averaged over ranks) and metrics averaged over ranks."""
+    batch = make_rollout(trainer.model, trainer.value_head, [r["prompt_ids"] for r in records],
+                         [r["reflection_ids"] for r in records], [r["reward"] for r in records],
+                         micro_batch_size=trainer.cfg.micro_batch_size)  # fmt: skip
+    metrics = ppo_update(policy, value_head, trainer.optimizer, batch, trainer.cfg, trainer.kl_ctl.value,
+                         trainer.generator)  # fmt: skip
+    if world > 1:
+        keys = sorted(metrics)
+        t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
+        dist.all_reduce(t)
+        metrics = dict(zip(keys, (t / world).tolist(), strict=True))
+    trainer.kl_ctl.update(metrics["kl_ref"], n_steps=len(batch) * world)
+    return metrics
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train(cfg: Config, actor_llm=None, make_env=None):
+    """The Retroformer loop. actor_llm / make_env(name, split) override the configured actor and envs
+    (tests). Returns the trained Retrospector."""
+    rank, world, device = init_distributed(cfg)
+    main_rank = rank == 0
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    if main_rank:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        if os.path.exists(ckpt_path) and not cfg.resume:
+            raise SystemExit(f"{ckpt_path} exists: pass --resume to continue it, or pick another out_dir")
+        if actor_llm is None:
+            ensure_checkpoints(cfg)
+    if world > 1:
+        dist.barrier()
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    names = env_names(cfg)
+    make_env = make_env or (lambda name, split: env_factory(cfg, name, split))
+    factories = {name: make_env(name, "train") for name in names}
+    n_train = {name: len(factories[name]()) for name in names}
+    examples = {name: few_shot_examples(name, cfg.n_examples) if cfg.n_examples else () for name in names}
+    actor_llm = actor_llm if actor_llm is not None else build_actor(cfg, device)
+    retrospector = Retrospector.load(cfg, device)
+    trainer = PPOTrainer(retrospector.model, ppo_config(cfg), seed=cfg.seed)
+    policy, value_head = trainer.model, trainer.value_head
+    if world > 1:  # the adapters and the value head are the only trainable parameters DDP syncs
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [torch.device(device).index] if device.startswith("cuda") else None
+        policy, value_head = DDP(policy, device_ids=ids), DDP(value_head, device_ids=ids)
+    start = 0
+    if cfg.resume and os.path.exists(ckpt_path):
+        start = load_checkpoint(ckpt_path, retrospector, trainer)
+        if main_rank:
+            print(f"resumed from {ckpt_path} after update {start}")
+    elif cfg.resume and main_rank:
+        print(f"--resume: no {ckpt_path} yet, starting from update 1")
+    if main_rank:
+        print(lora_report(retrospector.model))
+
+    suffix = "" if world == 1 else f".rank{rank}" if rank else ""
+    replay_path = os.path.join(cfg.out_dir, f"replay{suffix}.jsonl")
+    episodes_path = os.path.join(cfg.out_dir, f"episodes{suffix}.jsonl")
+    # a resumed run regenerates the updates after its checkpoint: readers keep each update's last attempt
+    attempt = uuid.uuid4().hex[:8]
+    show = cfg.progress and main_rank
+    bar = tqdm(total=cfg.updates, initial=start, desc="updates", disable=not show)
+    for update in range(start + 1, cfg.updates + 1):
+        t0 = time.perf_counter()
+        # 1. rollouts: the same task sample on every rank, each rank runs its share
+        records, counts = [], {}
+        generator = torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, update, rank, "reflect"))
+        reseed_actor(actor_llm, derive_seed(cfg.seed, update, rank, "actor"))
+        for name in tqdm(names, desc=f"rollouts {update}", leave=False, disable=not show):
+            rng = random.Random(derive_seed(cfg.seed, update, name, "tasks"))
+            tasks = rng.sample(range(n_train[name]), min(cfg.tasks_per_env, n_train[name]))[rank::world]
+            if not tasks:
+                continue
+            tag = {"update": update, "rank": rank, "attempt": attempt}
+            recs, history = rollout(factories[name], tasks, actor_llm, retrospector, cfg, "retroformer",
+                                    examples[name], generator, episodes_path, replay_path, tag)  # fmt: skip
+            records += recs
+            solved, n, void = success_counts(history, cfg.max_trials)
+            counts[name] = [n, void, *solved]
+        t_rollout = time.perf_counter() - t0
+
+        # 2. PPO on every reflection with a reward, gathered from all ranks
+        mine = [r for r in records if r["reward"] is not None]
+        scored = [r for part in all_gather(mine, world) for r in part]
+        metrics = {}
+        if scored:
+            metrics = ppo_step(trainer, policy, value_head, shard_for_rank(scored, rank, world), world)
+        elif main_rank:
+            tqdm.write(f"update {update}: no failed trial got a reflection with a reward; PPO skipped")
+
+        # 3. metrics (rank 0) and checkpoint
+        counts = _sum_counts(all_gather(counts, world))
+        if main_rank:
+            row = {"update": update, "n_reflections": len(scored),
+                   "reward_mean": float(np.mean([r["reward"] for r in scored])) if scored else None,
+                   "rollout_s": round(t_rollout, 2),
+                   "update_s": round(time.perf_counter() - t0 - t_rollout, 2)}  # fmt: skip
+            for name, (n, void, *solved) in counts.items():
+                row[f"{name}/success_by_trial"] = [s / max(n, 1) for s in solved]
+                row[f"{name}/n_tasks"], row[f"{name}/n_void"] = n, void
+            row.update(metrics)
+            with open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a") as f:
+                f.write(json.dumps(row) + "\n")
+            succ = " ".join(f"{k.split('/')[0]} {v[0]:.2f}->{v[-1]:.2f}" for k, v in row.items()
+                            if k.endswith("success_by_trial"))  # fmt: skip
+            rm = "-" if row["reward_mean"] is None else f"{row['reward_mean']:+.3f}"
+            tqdm.write(f"update {update}: {len(scored)} reflections, reward {rm}, success {succ}, "
+                       f"kl {metrics.get('kl_ref', 0):.4f}")  # fmt: skip
+            if update % cfg.checkpoint_every == 0 or update == cfg.updates:
+                save_checkpoint(cfg.out_dir, update, cfg, retrospector, trainer)
+        bar.update(1)
+    bar.close()
+    if world > 1:
+        dist.barrier()
+    return retrospector
+
+
+def _sum_counts(parts: list[dict]) -> dict:
+    total = {}
+    for part in parts:
+        for name, c in part.items():
+            total[name] = [a + b for a, b in zip(total.get(name, [0] * len(c)), c, strict=True)]
+    return total
+
+
+def main(argv=None):
+    try:
+        cfg = parse_config(sys.argv[1:] if argv is None else argv)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    train(cfg)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
