@@ -18,7 +18,6 @@ out_dir/eval.json, prints a markdown table and saves out_dir/eval.png (if matplo
 import json
 import math
 import os
-import sys
 
 import numpy as np
 import torch
@@ -30,11 +29,11 @@ from train import (
     Retrospector,
     actor_trials,
     build_actor,
+    command_line_config,
     derive_seed,
     ensure_checkpoints,
     env_factory,
     env_names,
-    parse_config,
     reseed_actor,
     rollout,
     success_counts,
@@ -125,10 +124,7 @@ def plot(results: dict, path: str) -> bool:
 
 
 def main(argv=None):
-    try:
-        cfg = parse_config(sys.argv[1:] if argv is None else argv)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+    cfg = command_line_config(argv)
     ensure_checkpoints(cfg)
     torch.manual_seed(cfg.seed)
     actor_llm = build_actor(cfg, cfg.device)

@@ -593,11 +593,16 @@ def _sum_counts(parts: list[dict]) -> dict:
     return total
 
 
-def main(argv=None):
+def command_line_config(argv=None) -> Config:
+    """parse_config on the command line (or argv); a config error exits with its message."""
     try:
-        cfg = parse_config(sys.argv[1:] if argv is None else argv)
+        return parse_config(sys.argv[1:] if argv is None else argv)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
+
+
+def main(argv=None):
+    cfg = command_line_config(argv)
     train(cfg)
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -13,6 +13,16 @@ import torch
 import model as M
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test: tiny models run faster on one thread, and far faster when the CPU is shared
+    (no OpenMP spinning)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def hf_gpt2(path, seed=0, dtype=torch.float32, fmt="single"):
     """Tiny GPT-2 (GPT2LMHeadModel) saved as fmt: "single" model.safetensors, "sharded" safetensors
     shards + index, or "bin" pytorch_model.bin (torch.save of the state dict: transformers 5 no

@@ -18,15 +18,6 @@ from lora import (
 from model import ModelConfig, Transformer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is faster, and far faster when the CPU is shared (no OpenMP spinning)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(arch="llama", dim=32, seed=0, dtype=torch.float32):
     torch.manual_seed(seed)
     cfg = ModelConfig(arch=arch, vocab_size=64, dim=dim, n_layers=2, n_heads=4,

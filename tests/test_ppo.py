@@ -22,15 +22,6 @@ from ppo import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is faster, and far faster when the CPU is shared (no OpenMP spinning)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(vocab=64, dim=32, seed=0):
     torch.manual_seed(seed)
     cfg = ModelConfig(arch="llama", vocab_size=vocab, dim=dim, n_layers=2, n_heads=4, n_kv_heads=2,
