@@ -116,15 +116,16 @@ def response_forward(model, value_head, input_ids, prompt_lens, response_ids):
     Right padding needs no attention mask: a causal model never looks at the pads after a token.
     The logits and hidden state at position t belong to the token at t + 1.
     """
-    logits, hidden = model(input_ids, return_hidden=True)  # (B, L, V), (B, L, C)
-    B, L, V = logits.shape
+    hidden = model(input_ids, hidden_only=True)  # (B, L, C): no (B, L, V) logits over the prompt
+    B, L, C = hidden.shape
     R = response_ids.shape[1]
     pos = (prompt_lens[:, None] - 1 + torch.arange(R, device=input_ids.device)).clamp(max=L - 1)  # (B, R)
-    logits = logits.gather(1, pos[..., None].expand(B, R, V)).float()  # (B, R, V)
+    hidden = hidden.gather(1, pos[..., None].expand(B, R, C))  # (B, R, C)
+    lm_head = getattr(model, "module", model).lm_head  # `module`: the model under DDP
+    logits = lm_head(hidden).float()  # (B, R, V)
     logp_all = F.log_softmax(logits, dim=-1)
     logprobs = logp_all.gather(-1, response_ids[..., None]).squeeze(-1)  # (B, R)
     entropy = -(logp_all.exp() * logp_all).sum(-1)  # (B, R)
-    hidden = hidden.gather(1, pos[..., None].expand(B, R, hidden.shape[-1]))  # (B, R, C)
     values = value_head(hidden) if value_head is not None else None  # (B, R)
     return logprobs, entropy, values
 

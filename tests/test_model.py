@@ -128,6 +128,21 @@ def test_forward_padding_mask_and_hidden():
         assert (out[:, 3:] - logits).abs().max().item() < 1e-5
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_hidden_only_matches_full_forward(arch):
+    m = random_model(arch, std=0.2)
+    x = ids(12, B=2, vocab=64)
+    with torch.no_grad():
+        logits, hidden = m(x, return_hidden=True)
+        h = m(x, hidden_only=True)
+        assert h.shape == hidden.shape == (2, 12, 32)
+        assert torch.equal(h, hidden)
+        # lm_head on a few positions only gives those positions' logits
+        sel = torch.tensor([[0, 5, 11], [3, 3, 7]])  # (B, R)
+        part = m.lm_head(h.gather(1, sel[..., None].expand(2, 3, 32)))  # (B, R, V)
+        assert torch.allclose(part, logits.gather(1, sel[..., None].expand(2, 3, 64)), atol=1e-6)
+
+
 # --- bad input: each error must name the problem ---
 
 
