@@ -54,7 +54,7 @@ class Config:
     # environments
     envs: str = "hotpotqa,alfworld,webshop"
     env_seed: int = 0  # the generated world (train and test splits never overlap)
-    env_options: str = '{"alfworld": {"max_steps": 30}}'  # JSON {env: {option: value}} for envs.make
+    env_options: str = '{"alfworld": {"max_steps": 25}}'  # JSON {env: {option: value}} for envs.make
     # actor (frozen)
     actor: str = "local"  # local (model.py checkpoint) | http (OpenAI-compatible server) | expert (scripted)
     actor_path: str = "checkpoints/tiny/actor"
@@ -71,7 +71,7 @@ class Config:
     # retrospector (LoRA-trained)
     retrospector_path: str = "checkpoints/tiny/retrospector"
     chat_template: bool = False  # wrap the reflection prompt in the tokenizer's chat template
-    reflection_max_tokens: int = 96
+    reflection_max_tokens: int = 112
     reflection_temperature: float = 1.0
     reflection_top_p: float = 1.0
     reflection_batch_size: int = 16
@@ -279,7 +279,12 @@ class Retrospector:
                                         generator=generator)  # fmt: skip
                 for p, i, g in zip(chunk, ids, gens, strict=True):
                     stop = [self.stop_id] if g.finish_reason == "stop" else []
-                    out.append(Reflection(p, i, g.text.strip(), g.tokens + stop, g.logprobs))
+                    text = g.text.strip()
+                    # the actor's context is sized for reflections of <= max_tokens tokens; an undecodable
+                    # byte comes back as U+FFFD (3 bytes) and would re-encode longer
+                    while len(self.tokenizer.encode(text)) > self.max_tokens:
+                        text = text[:-1]
+                    out.append(Reflection(p, i, text, g.tokens + stop, g.logprobs))
         return out
 
 

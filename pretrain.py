@@ -1,0 +1,449 @@
+"""Pretrain the tiny actor and retrospector of the offline default, from scratch, on the train split.
+
+    python pretrain.py            # writes checkpoints/tiny/{actor,retrospector}/ (~25 min, 1 thread)
+    python pretrain.py --measure 30   # success on 30 test tasks per env: no / right / wrong memory
+
+1. A small byte-level BPE vocabulary (model.train_bpe) built from the environments' train-split text.
+2. The actor: behaviour cloning of the environments' scripted explorers in exactly the prompt format
+   actor.py uses at run time (actor.build_prompt with the reflections memory, no few-shot examples,
+   old steps elided to fit the context window); the loss is on the completion tokens only
+   (" thought\\nAction: action\\nObservation"). Without memory the actor explores imperfectly
+   (env.explorer(rng)); with a memory it follows the last reflection's plan, right or wrong
+   (env.explorer(rng, plan=...)), so that it obeys its memory.
+3. The retrospector: (actor.build_reflection_prompt(failed trial) -> reflection) pairs where the
+   reflection is the correct diagnosis and plan (env.plan, read off the trajectory text alone) with
+   probability P_CORRECT, else a plausible but wrong one (an entity, place, item or option that
+   appears in the trial but is the wrong one). The frozen retrospector is then a weak Reflexion
+   baseline whose sampled reflections are right about P_CORRECT of the time; PPO can raise that.
+
+Actor and retrospector are one tiny Llama trained on both kinds of pairs (their prompts differ from
+the first token), saved twice: the actor stays frozen, the retrospector gets LoRA adapters.
+Nothing of the test split is read. Deterministic from --seed.
+"""
+
+import argparse
+import math
+import os
+import random
+import re
+import shutil
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import actor
+import envs
+import model as modelpy
+import train
+
+ENVS = ("hotpotqa", "alfworld", "webshop")
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "tiny")
+# Run-time settings the checkpoints are trained for: one source of truth, train.Config's defaults
+# (train.py imports pretrain only inside ensure_checkpoints, so there is no import cycle).
+CFG = train.Config()
+ACTOR_MAX_TOKENS = CFG.actor_max_tokens  # an actor completion's max tokens: prompts are cut to CONTEXT - it
+REFLECT_MAX_TOKENS = CFG.reflection_max_tokens  # a reflection's max tokens: its prompt is cut to CONTEXT - it
+MEMORY_K = CFG.memory_k  # reflections shown to the actor (actor.run_trials' k)
+ENV_SEED = CFG.env_seed  # the generated world: WebShop's train/test split depends on it
+ENV_OPTIONS = {name: train.env_options(CFG).get(name, {}) for name in ENVS}
+# model.max_seq_len = LocalLLM.context_window: the actor's longest prompt must fit with its completion,
+# header + memory of MEMORY_K full-length reflections + the longest instruction (ALFWorld, ~180 tokens)
+# + ACTOR_MAX_TOKENS (tests/test_pretrain.py checks it), or actor.build_prompt raises.
+CONTEXT = 768
+
+
+def examples(env_name: str) -> tuple[str, ...]:
+    """The actor's few-shot examples, as train.py / eval.py build them (none by default)."""
+    return actor.few_shot_examples(env_name, CFG.n_examples) if CFG.n_examples else ()
+
+
+P_CORRECT = 0.3  # share of correct reflections in the retrospector's training targets
+MODEL = dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=4, hidden_dim=384, max_seq_len=CONTEXT,
+             tie_embeddings=True)  # fmt: skip
+VOCAB = 2048
+
+# ----------------------------------------------------------------------------- scripted trials
+
+
+def scripted_trial(env, i: int, rng: random.Random, memory=()) -> actor.Trajectory:
+    """One trial of env.explorer on task i; with a memory it follows the last reflection's plan."""
+    plan = memory[-1] if memory else None
+    if plan is not None and env.name == "webshop" and envs._WS_PLAN.search(plan) is None:
+        plan = None  # a plan webshop's explorer cannot parse is followed like no plan at all
+    traj = actor.Trajectory(env.name, i, len(memory), env.reset(i), reflections=list(memory)[-MEMORY_K:])
+    places = set()
+    if plan is not None and env.name == "alfworld":
+        at, first = envs._alf_parse_plan(plan)
+        places = {r for rs in at.values() for r in rs} | set(envs._alf_unrange(first))
+    done, info, visited = False, {}, set()
+    while not done:
+        # ALFWorld: once every place the plan names is checked, the actor falls back to its memoryless
+        # habits (env.explorer's plan mode would tour every receptacle, so any plan, even a wrong one,
+        # would end in success)
+        stubborn = env.name == "alfworld" and places and places <= visited
+        thought, action = env.explorer(rng, plan=None if stubborn else plan)
+        visited |= set(re.findall(r"^go to (\w+ \d+)$", action))
+        obs, reward, done, info = env.step(action)
+        traj.steps.append((thought, action, obs, float(reward)))
+        traj.ret += float(reward)
+    traj.success = bool(info["success"])
+    return traj
+
+
+def _steps(traj):
+    return [s[:3] for s in traj.steps]
+
+
+def correct_reflection(env, traj) -> str | None:
+    """env.plan of a failed trial (the env must still be on that task: plan reads its question)."""
+    return env.plan(_steps(traj))
+
+
+def _swap(rng, options, right):
+    wrong = [o for o in dict.fromkeys(options) if o != right]
+    return rng.choice(wrong) if wrong else None
+
+
+def wrong_reflection(env, traj, right: str | None, rng: random.Random) -> str:
+    """A plausible but wrong reflection: the right one's format, with an entity, place, item or option
+    that appears in the trial swapped for a wrong one (or a generic plan when nothing can be swapped)."""
+    text = traj.text()
+    if env.name == "hotpotqa":
+        seen = re.findall(r"Search\[([^\]]+)\]", text) + re.findall(r"'([A-Z][a-z]+ [A-Z][a-z]+[^']*)'", text)
+        name = re.findall(r"the [a-z]+ ([A-Z][a-z]+ [A-Z][a-z]+)", traj.instruction)
+        if right:
+            titles = re.findall(r"Search\[([^\]]+)\]", right)
+            # swap a title the failed trial did not search: that is where the right plan differs
+            fresh = [j for j, t in enumerate(titles) if f"Search[{t}]" not in text] or range(len(titles))
+            j = rng.choice(list(fresh))
+            new = _swap(rng, seen + name, titles[j])
+            if new:
+                head, plan = right.split("Plan:", 1)
+                plan = plan.replace(f"Search[{titles[j]}]", f"Search[{new}]", 1)
+                return head + "Plan:" + plan
+        cause = rng.choice(["I answered too quickly.", "I did not read the pages carefully."])
+        return f"{cause} Plan: {', then '.join(f'Search[{n}]' for n in name or seen[:1])}, then answer."
+    if env.name == "alfworld":
+        recs = re.findall(r"a (\w+ \d+)", traj.instruction.split("\n")[0])
+        if right:
+            out = right
+            for r in re.findall(r" is at (\w+ \d+)\.", right):
+                out = out.replace(f" is at {r}.", f" is at {_swap(rng, recs, r) or r}.", 1)
+            m = re.search(r"Search (.+?) first", right)
+            if m:
+                checked = re.findall(r"(?:go to|open) (\w+ \d+)", text)
+                checked = [r for r in checked if r in recs]
+                pick = rng.sample(checked, min(len(checked), rng.randint(1, 3))) if checked else recs[:2]
+                out = out.replace(m[0], f"Search {envs._alf_ranges(sorted(set(pick), key=recs.index))} first")
+            out = re.sub(r" ?Use an? \w+, not an? \w+\.", "", out) if rng.random() < 0.5 else out
+            if out != right:
+                return out.strip()
+        r = rng.choice(recs)
+        obj = re.search(r"Your task is to: \w+ (?:two |some |a |an )?(\w+)", traj.instruction)
+        return f"The {obj[1] if obj else 'object'} is at {r}."
+    # webshop
+    asins = list(dict.fromkeys(re.findall(r"^\[(B0[A-Z0-9]{8})\]$", text, re.M)))
+    values = [v for line in re.findall(r"^\w+ ((?:\[\[?[^\]]+\]\]?)+)$", text, re.M)
+              for v in re.findall(r"\[\[?([^\]]+)\]?\]", line)]  # fmt: skip
+    m = envs._WS_PLAN.search(right or "")
+    if m:
+        opts = [c for c in re.findall(r"click\[([^\]]+)\]", m["clicks"]) if c != "Buy Now"]
+        j = rng.randrange(len(opts)) if opts else 0
+        new = _swap(rng, values, opts[j]) if opts else None
+        if new and rng.random() < 0.5:  # a wrong option value
+            return right.replace(f"click[{opts[j]}]", f"click[{new}]", 1)
+        # a wrong item: the one bought last time, or another result
+        asin = m["skip"] if m["skip"] else _swap(rng, asins, m["asin"])
+        if asin:
+            return re.sub(_WS_OPEN, f"open {asin}", right, count=1)
+    if not asins:
+        return "I did not find the item. Next time: search[" + _ws_query(traj) + "], click[Buy Now]."
+    return f"I chose the wrong item. Next time: search[{_ws_query(traj)}], open {asins[0]}, click[Buy Now]."
+
+
+_WS_OPEN = r"open (?:B0[A-Z0-9]{8}|the first result whose title has .+? dollars(?:, not B0[A-Z0-9]{8})?)"
+
+
+def _ws_query(traj):
+    m = re.findall(r"search\[([^\]]+)\]", traj.text())
+    return m[0] if m else "item"
+
+
+# ----------------------------------------------------------------------------- training data
+
+
+def make_trials(seed: int, n_tasks: dict, p_correct: float = P_CORRECT):
+    """Scripted trials on the train split: (actor episodes, (failed trial, reflection) pairs).
+
+    Per task: a memoryless trial; if it fails, a trial following the right plan and one following a
+    wrong plan; if that one fails too, a third trial whose memory adds a new (right or wrong) reflection.
+    Each failed trial gives the retrospector one pair, the reflection right with probability p_correct.
+    """
+    rng = random.Random(seed)
+    episodes, pairs = [], []
+    for name in ENVS:
+        env = envs.make(name, "train", seed=ENV_SEED, n_tasks=n_tasks[name], **ENV_OPTIONS[name])
+        for i in range(len(env)):
+            t0 = scripted_trial(env, i, rng)
+            episodes.append(t0)
+            if t0.success:
+                continue
+            right = correct_reflection(env, t0)
+            wrong = wrong_reflection(env, t0, right, rng)
+            pairs.append((t0, right if right and rng.random() < p_correct else wrong))
+            if right:
+                episodes.append(scripted_trial(env, i, rng, [right]))
+            t1 = scripted_trial(env, i, rng, [wrong])
+            episodes.append(t1)
+            if t1.success:
+                continue
+            right = correct_reflection(env, t1)
+            wrong2 = wrong_reflection(env, t1, right, rng)
+            pairs.append((t1, right if right and rng.random() < p_correct else wrong2))
+            second = right if right and rng.random() < 0.5 else wrong2
+            episodes.append(scripted_trial(env, i, rng, [wrong, second]))
+    return episodes, pairs
+
+
+def completion(thought: str, action: str) -> str:
+    """What the actor writes after the prompt's "Thought:", up to the stop string."""
+    return f" {thought}\nAction: {action}" + actor.STOP[0]
+
+
+def actor_sequences(traj, tok):
+    """Token segments of one episode, (ids, loss mask), in exactly the run-time prompt format.
+
+    Step k's prompt is actor.build_prompt(...) with the window's elision; consecutive prompts that
+    extend one another share one segment, so each step's completion is one masked span in it.
+    """
+    count = lambda s: len(tok.encode(s))
+    limit = CONTEXT - ACTOR_MAX_TOKENS
+    segments, ids, mask, prev = [], [], [], None
+    for k, (thought, action, _obs, _) in enumerate(traj.steps):
+        prompt = actor.build_prompt(traj.instruction, traj.steps[:k], traj.reflections, examples(traj.env),
+                                    MEMORY_K,
+                                    count, limit)  # fmt: skip
+        if prev is not None and prompt.startswith(prev):
+            new = tok.encode(prompt[len(prev) :])
+        else:
+            if ids:
+                segments.append((ids, mask))
+            ids, mask, new = [], [], tok.encode(prompt)
+        out = tok.encode(completion(thought, action))
+        ids, mask = ids + new + out, mask + [0] * len(new) + [1] * len(out)
+        prev = prompt + completion(thought, action)
+    segments.append((ids, mask))
+    return segments
+
+
+def reflection_sequence(traj, reflection: str, tok):
+    count = lambda s: len(tok.encode(s))
+    prompt = tok.encode(actor.build_reflection_prompt(traj, (), count, CONTEXT - REFLECT_MAX_TOKENS))
+    out = tok.encode(" " + reflection.strip()) + [tok.eos_id]
+    return prompt + out, [0] * len(prompt) + [1] * len(out)
+
+
+def build_tokenizer(episodes, pairs, vocab_size: int = VOCAB):
+    texts = [actor.HEADER, actor.REFLECT_HEADER]
+    for t in episodes:
+        texts += [actor.format_memory(t.reflections, MEMORY_K), t.instruction]
+        texts += [actor.render_step(*s[:3]) for s in t.steps]
+    texts += [r for _, r in pairs]
+    return modelpy.train_bpe(texts, vocab_size)
+
+
+def batches(seqs, max_tokens: int, rng: random.Random):
+    """Similar-length sequences together, at most max_tokens (padded) per batch, in shuffled order."""
+    order = sorted(range(len(seqs)), key=lambda j: (len(seqs[j][0]), j))
+    out, cur = [], []
+    for j in order:
+        if cur and (len(cur) + 1) * len(seqs[j][0]) > max_tokens:
+            out.append(cur)
+            cur = []
+        cur.append(j)
+    out.append(cur)
+    rng.shuffle(out)
+    return out
+
+
+def collate(seqs, idx):
+    T = max(len(seqs[j][0]) for j in idx)
+    x = torch.zeros(len(idx), T, dtype=torch.long)  # (B, T)
+    m = torch.zeros(len(idx), T, dtype=torch.bool)  # (B, T) loss on this position's token
+    for b, j in enumerate(idx):
+        ids, mask = seqs[j]
+        x[b, : len(ids)] = torch.tensor(ids)
+        m[b, : len(ids)] = torch.tensor(mask, dtype=torch.bool)
+    return x, m
+
+
+def loss_fn(model, x, m):
+    """Mean cross-entropy of the masked tokens given the ones before them."""
+    _, h = model(x[:, :-1], return_hidden=True)  # (B, T-1, C)
+    sel = m[:, 1:]  # (B, T-1)
+    logits = model.lm_head(h[sel])  # (N, V): only where there is a loss
+    return F.cross_entropy(logits.float(), x[:, 1:][sel])
+
+
+def train(seqs, vocab_size: int, steps: int, seed: int = 0, lr: float = 2e-3, batch_tokens: int = 8192,
+          model_kw=None, log_every: int = 50, model=None):  # fmt: skip
+    """Train a tiny Llama (fresh, or `model` further) on (ids, mask) sequences -> (model, [(step, loss)])."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    if model is None:
+        cfg = modelpy.ModelConfig(arch="llama", vocab_size=vocab_size, **(model_kw or MODEL))
+        model = modelpy.Transformer(cfg)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    rest = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+                            lr=lr, betas=(0.9, 0.95))  # fmt: skip
+    warmup = max(1, steps // 20)
+    sched = lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    queue, curve, avg = [], [], None
+    bar = tqdm(range(steps), desc="pretrain", dynamic_ncols=True)
+    model.train()
+    for step in bar:
+        if not queue:
+            queue = batches(seqs, batch_tokens, rng)
+        x, m = collate(seqs, queue.pop())
+        for g in opt.param_groups:
+            g["lr"] = lr * sched(step)
+        loss = loss_fn(model, x, m)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        avg = loss.item() if avg is None else 0.95 * avg + 0.05 * loss.item()
+        bar.set_postfix(loss=f"{avg:.3f}")
+        if (step + 1) % log_every == 0 or step == steps - 1:
+            curve.append((step + 1, avg))
+    model.eval()
+    return model, curve
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def save(model, tok, path):
+    """Both checkpoints into `path` atomically: written to a temp dir next to it, then renamed."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for role in ("actor", "retrospector"):
+        modelpy.save_pretrained(model, os.path.join(tmp, role))
+        tok.save(os.path.join(tmp, role))
+    old = f"{path}.old-{os.getpid()}"
+    if os.path.exists(path):
+        os.rename(path, old)
+    os.rename(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+N_TASKS = {"hotpotqa": 800, "alfworld": 500, "webshop": 600}
+# A long ALFWorld episode gives one segment per step once old steps are elided (each with one
+# short completion): keep only this share of those to spend the CPU budget on more episodes.
+KEEP_ELIDED = 0.25
+
+
+def reflect(model, tok, trajs, temperature: float = 1.0, seed: int = 0) -> list[str]:
+    """The retrospector's reflections on failed trials, as train.py samples them (adapters off here)."""
+    count = lambda s: len(tok.encode(s))
+    prompts = [tok.encode(actor.build_reflection_prompt(t, (), count, CONTEXT - REFLECT_MAX_TOKENS))
+               for t in trajs]  # fmt: skip
+    gen = torch.Generator().manual_seed(seed)
+    gens = modelpy.generate(model, prompts, REFLECT_MAX_TOKENS, temperature, stop_ids=tok.stop_ids,
+                            tokenizer=tok, generator=gen)  # fmt: skip
+    return [g.text.strip() for g in gens]
+
+
+def measure(path: str = OUT, n_tasks: int = 30, seed: int = 0):
+    """Success of the tiny actor on the first n_tasks test tasks of each env: empty memory, the right
+    plan, a wrong plan, and the frozen retrospector's reflections (their share that equals env.plan)."""
+    llm = actor.LocalLLM.load(os.path.join(path, "actor"))
+    retro = modelpy.from_pretrained(os.path.join(path, "retrospector"))
+    tok = llm.tokenizer
+    rng = random.Random(seed)
+    for name in ENVS:
+        make_env = lambda name=name: envs.make(name, "test", seed=ENV_SEED, **ENV_OPTIONS[name])
+        env, tasks = make_env(), list(range(n_tasks))
+
+        def run(ts, mem, make_env=make_env, name=name):
+            return actor.run_trials(make_env, ts, llm, mem, examples=examples(name), k=MEMORY_K,
+                                    max_tokens=ACTOR_MAX_TOKENS, concurrency=len(ts))  # fmt: skip
+
+        t0 = time.time()
+        first = run(tasks, None)
+        wall = time.time() - t0
+        explorer = sum(scripted_trial(env, i, random.Random(i)).success for i in tasks) / n_tasks
+        failed = [t for t in first if not t.success]
+        right, wrong = [], []
+        for t in failed:
+            env.reset(t.task)
+            right.append(env.plan(_steps(t)))
+            wrong.append(wrong_reflection(env, t, right[-1], rng))
+        fix = [(t, r) for t, r in zip(failed, right, strict=True) if r]
+        ok = lambda trajs: sum(t.success for t in trajs)
+        right_ok = ok(run([t.task for t, _ in fix], [[r] for _, r in fix])) if fix else 0
+        wrong_ok = ok(run([t.task for t in failed], [[w] for w in wrong])) if failed else 0
+        refl = reflect(retro, tok, failed, seed=seed) if failed else []
+        same = sum(a == (b or "").strip() for a, b in zip(refl, right, strict=True))
+        refl_ok = ok(run([t.task for t in failed], [[r] for r in refl])) if failed else 0
+        nf = len(failed)
+        print(f"{name}: empty memory {ok(first)}/{n_tasks} (explorer {explorer:.2f}); of {nf} failed: "
+              f"right plan fixes {right_ok}/{len(fix)}, wrong plan {wrong_ok}/{nf}, frozen retrospector "
+              f"correct {same}/{nf} ({same / max(1, nf):.2f}), retry success {refl_ok}/{nf}; "
+              f"trial batch of {n_tasks} tasks: {wall:.1f} s")
+        for r, p in list(zip(refl, right, strict=True))[:2]:
+            print(f"  reflection: {r!r}\n  env.plan:   {p!r}")
+
+
+def main(argv=None, out: str = OUT):
+    p = argparse.ArgumentParser(description="Pretrain the tiny actor and retrospector (offline default).")
+    p.add_argument("--out", default=out, help="output folder (default: checkpoints/tiny)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=3500, help="optimizer steps")
+    p.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per batch")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--tasks", type=float, default=1.0, help="scale of the number of train tasks per env")
+    # 1 thread: results depend on the thread count, and on a CPU shared with other jobs 2 threads ran
+    # ~10x slower than 1 (0.4 s vs 4.4 s per step): OpenMP threads wait on each other
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--vocab", type=int, default=VOCAB, help="BPE vocabulary size")
+    p.add_argument("--dim", type=int, default=MODEL["dim"], help="model width (heads of 32)")
+    p.add_argument("--layers", type=int, default=MODEL["n_layers"])
+    p.add_argument("--init", default=None, help="continue training this checkpoint (and its tokenizer)")
+    p.add_argument("--measure", type=int, default=0, metavar="N",
+                   help="instead of training: measure the checkpoints at --out on N test tasks per env")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.measure:
+        return measure(args.out, args.measure, args.seed)
+    torch.manual_seed(args.seed)
+    t0 = time.time()
+    n_tasks = {k: max(4, int(v * args.tasks)) for k, v in N_TASKS.items()}
+    episodes, pairs = make_trials(args.seed, n_tasks)
+    tok = modelpy.load_tokenizer(args.init) if args.init else build_tokenizer(episodes, pairs, args.vocab)
+    rng = random.Random(args.seed)
+    seqs = [s for e in episodes for j, s in enumerate(actor_sequences(e, tok))
+            if j == 0 or rng.random() < KEEP_ELIDED]
+    seqs += [reflection_sequence(t, r, tok) for t, r in pairs]
+    n_tok = sum(len(ids) for ids, _ in seqs)
+    print(f"{len(episodes)} actor episodes, {len(pairs)} reflection pairs, {len(seqs)} sequences, "
+          f"{n_tok} tokens, vocab {tok.vocab_size} ({time.time() - t0:.0f} s)")
+    heads = max(1, args.dim // 32)
+    model_kw = {**MODEL, "dim": args.dim, "n_layers": args.layers, "n_heads": heads, "n_kv_heads": heads,
+                "hidden_dim": 3 * args.dim}
+    init = modelpy.from_pretrained(args.init) if args.init else None
+    model, curve = train(seqs, tok.vocab_size, args.steps, args.seed, args.lr, args.batch_tokens, model_kw,
+                         model=init)  # fmt: skip
+    print("loss curve (step: loss): " + ", ".join(f"{s}: {v:.3f}" for s, v in curve))
+    save(model, tok, args.out)
+    print(f"wrote {args.out}/actor and {args.out}/retrospector in {time.time() - t0:.0f} s")
+    return model, tok, curve
+
+
+if __name__ == "__main__":
+    main()
