@@ -11,14 +11,10 @@ from envs import ALFWorldEnv
 
 def run(env, i, policy, plan=None, seed=0):
     """One episode of task i with 'expert' or 'explorer' (optionally following `plan`)."""
-    env.reset(i)
-    rng, traj = random.Random(seed), []
-    while True:
-        thought, action = env.expert() if policy == "expert" else env.explorer(rng, plan=plan)
-        obs, reward, done, info = env.step(action)
-        traj.append((thought, action, obs))
-        if done:
-            return info["success"], reward, traj
+    rng = random.Random(seed)
+    act = env.expert if policy == "expert" else lambda: env.explorer(rng, plan=plan)
+    traj, ret, info = envs.rollout(env, i, act)
+    return info["success"], ret, traj
 
 
 @pytest.fixture(scope="module")

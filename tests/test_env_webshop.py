@@ -8,17 +8,7 @@ import pytest
 import envs
 from envs import WebShopEnv
 
-
-def run(env, i, policy):
-    """Play task i with `policy()` -> (thought, action); returns (trajectory, return, last info)."""
-    env.reset(i)
-    traj, ret, done = [], 0.0, False
-    while not done:
-        thought, action = policy()
-        obs, r, done, info = env.step(action)
-        traj.append((thought, action, obs))
-        ret += r
-    return traj, ret, info
+run = envs.rollout  # (trajectory, return, last info) of task i played by policy()
 
 
 @pytest.fixture(scope="module")
