@@ -566,12 +566,20 @@ class HTTPLLM:
 
 
 class LocalLLM:
-    """A model.py checkpoint in this process; complete() runs all prompts as one generate() call."""
+    """A model.py checkpoint in this process; complete() runs all prompts as one generate() call.
+
+    prefix_cache: keep the keys/values of recent prompts (model.PrefixCache), so that an episode's next
+    step encodes only its new tokens, not the whole prompt again. The model's weights must not change
+    while it is on (else call `self.prefix_cache.clear()`).
+    """
 
     batched = True
 
-    def __init__(self, model, tokenizer, top_p: float = 1.0, seed: int = 0):
+    def __init__(self, model, tokenizer, top_p: float = 1.0, seed: int = 0, prefix_cache: bool = True):
         self.model, self.tokenizer, self.top_p = model.eval(), tokenizer, top_p
+        # 64 entries: 4x a batch of 16 episodes (the last step of each, plus room for new ones); at most
+        # 2 GiB of keys/values (the tiny actor needs 4 KiB per token, an 8B Llama in bf16 128 KiB)
+        self.prefix_cache = modelpy.PrefixCache(64, max_bytes=2 << 30) if prefix_cache else None
         self.context_window = model.config.max_seq_len
         device = next(model.parameters()).device
         self.generator = torch.Generator(device=device).manual_seed(seed)
@@ -615,6 +623,7 @@ class LocalLLM:
                 stop_strings=tuple(stop),
                 tokenizer=self.tokenizer,
                 generator=self.generator,
+                prefix_cache=self.prefix_cache,
             )
 
     def complete(self, prompts: list[str], max_tokens: int = 256, temperature: float = 0.0,
