@@ -68,23 +68,13 @@ VOCAB = 2048
 
 
 def scripted_trial(env, i: int, rng: random.Random, memory=()) -> actor.Trajectory:
-    """One trial of env.explorer on task i; with a memory it follows the last reflection's plan."""
+    """One trial of env.explorer on task i; with a memory it follows the last reflection's plan (the
+    rules are actor.explorer_step's, shared with actor.ExplorerLLM)."""
     plan = memory[-1] if memory else None
-    if plan is not None and env.name == "webshop" and envs._WS_PLAN.search(plan) is None:
-        plan = None  # a plan webshop's explorer cannot parse is followed like no plan at all
     traj = actor.Trajectory(env.name, i, len(memory), env.reset(i), reflections=list(memory)[-MEMORY_K:])
-    places = set()
-    if plan is not None and env.name == "alfworld":
-        at, first = envs._alf_parse_plan(plan)
-        places = {r for rs in at.values() for r in rs} | set(envs._alf_unrange(first))
-    done, info, visited = False, {}, set()
+    done, info = False, {}
     while not done:
-        # ALFWorld: once every place the plan names is checked, the actor falls back to its memoryless
-        # habits (env.explorer's plan mode would tour every receptacle, so any plan, even a wrong one,
-        # would end in success)
-        stubborn = env.name == "alfworld" and places and places <= visited
-        thought, action = env.explorer(rng, plan=None if stubborn else plan)
-        visited |= set(re.findall(r"^go to (\w+ \d+)$", action))
+        thought, action = actor.explorer_step(env, rng, plan, [s[1] for s in traj.steps])
         obs, reward, done, info = env.step(action)
         traj.steps.append((thought, action, obs, float(reward)))
         traj.ret += float(reward)

@@ -35,7 +35,15 @@ from tqdm import tqdm
 
 import envs
 import model as modelpy
-from actor import HTTPLLM, ExpertLLM, LocalLLM, build_reflection_prompt, few_shot_examples, run_trials
+from actor import (
+    HTTPLLM,
+    ExpertLLM,
+    ExplorerLLM,
+    LocalLLM,
+    build_reflection_prompt,
+    few_shot_examples,
+    run_trials,
+)
 from lora import apply_lora, disable_lora, lora_report, save_lora
 from ppo import PPOConfig, PPOTrainer, make_rollout, ppo_update
 
@@ -51,12 +59,15 @@ class Config:
     device: str = "cpu"  # "cuda" on a GPU (torchrun: cuda:LOCAL_RANK)
     dtype: str = "float32"  # bfloat16 | float16 | float32 (frozen weights; LoRA stays float32)
     progress: bool = True  # tqdm bars
+    threads: int = 0  # torch CPU threads; 0 = torch's default (one per core). 1 is faster on a busy CPU
     # environments
     envs: str = "hotpotqa,alfworld,webshop"
     env_seed: int = 0  # the generated world (train and test splits never overlap)
     env_options: str = '{"alfworld": {"max_steps": 25}}'  # JSON {env: {option: value}} for envs.make
     # actor (frozen)
-    actor: str = "local"  # local (model.py checkpoint) | http (OpenAI-compatible server) | expert (scripted)
+    # local (model.py checkpoint) | http (OpenAI-compatible server) | expert (scripted, solves all) |
+    # explorer (scripted, follows the last reflection's plan: actor.ExplorerLLM, a baseline and oracle)
+    actor: str = "local"
     actor_path: str = "checkpoints/tiny/actor"
     actor_url: str = "http://127.0.0.1:8000/v1"
     actor_model: str = "default"
@@ -214,17 +225,17 @@ def build_actor(cfg: Config, device):
     if cfg.actor == "http":
         return HTTPLLM(cfg.actor_url, cfg.actor_model, api=cfg.actor_api, api_key_env=cfg.actor_api_key_env,
                        context_window=cfg.actor_context_window, max_concurrency=cfg.concurrency)
-    if cfg.actor == "expert":  # scripted: solves (nearly) everything; for plumbing runs
-        names = env_names(cfg)
-        if len(names) != 1:
-            raise ValueError("actor='expert' runs one environment at a time: set envs to one name")
-        return ExpertLLM(env_factory(cfg, names[0], "train"))
-    raise ValueError(f"config key 'actor' must be local, http or expert, got {cfg.actor!r}")
+    if cfg.actor in ("expert", "explorer"):  # scripted, over every env of cfg.envs, train and test split
+        factories = [env_factory(cfg, name, split) for name in env_names(cfg) for split in ("train", "test")]
+        return ExpertLLM(*factories) if cfg.actor == "expert" else ExplorerLLM(*factories, seed=cfg.seed)
+    raise ValueError(f"config key 'actor' must be local, http, expert or explorer, got {cfg.actor!r}")
 
 
 def reseed_actor(actor_llm, seed: int):
     if isinstance(getattr(actor_llm, "generator", None), torch.Generator):  # LocalLLM's sampler
         actor_llm.generator.manual_seed(seed)
+    if isinstance(actor_llm, ExplorerLLM):  # the scripted explorer's draws (WebShop's option slips)
+        actor_llm.reseed(seed)
 
 
 @dataclass
@@ -601,9 +612,14 @@ def _sum_counts(parts: list[dict]) -> dict:
 def command_line_config(argv=None) -> Config:
     """parse_config on the command line (or argv); a config error exits with its message."""
     try:
-        return parse_config(sys.argv[1:] if argv is None else argv)
+        cfg = parse_config(sys.argv[1:] if argv is None else argv)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
+    if cfg.threads < 0:
+        raise SystemExit(f"error: config key 'threads' must be >= 0, got {cfg.threads}")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    return cfg
 
 
 def main(argv=None):

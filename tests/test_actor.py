@@ -1,16 +1,22 @@
 """actor.py: parsing, prompt building and elision, trajectories, run_trial / run_trials (fake env)."""
 
 import json
+import random
 import threading
 
 import pytest
 
 import actor
+import envs
+import pretrain
+import train
 from actor import (
     ExpertLLM,
+    ExplorerLLM,
     Trajectory,
     build_prompt,
     build_reflection_prompt,
+    few_shot_examples,
     format_memory,
     parse_action,
     run_trial,
@@ -277,3 +283,73 @@ def test_run_trials_rejects_bad_arguments():
 def test_expert_llm_rejects_prompt_without_task():
     with pytest.raises(ValueError, match="no task instruction"):
         ExpertLLM(FakeEnv).answer("Thought:")
+
+
+# ----------------------------------------------------------------------------- scripted explorer actor
+
+
+def _train_env(name):
+    return lambda: envs.make(name, "train", seed=pretrain.ENV_SEED, **pretrain.ENV_OPTIONS[name])
+
+
+def test_explorer_llm_equals_scripted_trial_and_reseeds():
+    make_env, env, tasks = _train_env("hotpotqa"), _train_env("hotpotqa")(), list(range(30))
+    llm = ExplorerLLM(make_env)
+    trajs = run_trials(make_env, tasks, llm, concurrency=4, examples=few_shot_examples("hotpotqa", 1))
+    # the same episode as pretrain.scripted_trial with the rng of that task, thoughts included
+    for t in trajs:
+        ref = pretrain.scripted_trial(env, t.task, llm.episode_rng("hotpotqa", t.task, []))
+        assert (t.steps, t.success) == (ref.steps, ref.success)
+    assert 0.2 <= sum(t.success for t in trajs) / len(tasks) <= 0.6  # the explorer's known range
+    assert run_trials(make_env, tasks, llm, concurrency=2, examples=()) == trajs  # deterministic
+    llm.reseed(1)
+    other = run_trials(make_env, tasks, llm, concurrency=4, examples=())
+    assert any(a.steps != b.steps for a, b in zip(trajs, other, strict=True))
+    assert run_trials(make_env, tasks, ExplorerLLM(make_env, seed=1), examples=()) == other
+
+
+@pytest.mark.parametrize("name", ["hotpotqa", "alfworld", "webshop"])
+def test_explorer_llm_follows_right_plans_not_wrong_ones(name):
+    make_env, env = _train_env(name), _train_env(name)()
+    llm = ExplorerLLM(make_env)
+    failed = [t for t in run_trials(make_env, range(40), llm, concurrency=4, examples=()) if not t.success]
+    rng, right, wrong = random.Random(0), [], []
+    for t in failed:
+        env.reset(t.task)
+        right.append(pretrain.correct_reflection(env, t))
+        wrong.append(pretrain.wrong_reflection(env, t, right[-1], rng))
+    assert len(failed) >= 10 and all(right), "env.plan gives a plan for every failed explorer trial"
+    tasks = [t.task for t in failed]
+    fixed = run_trials(make_env, tasks, llm, [[r] for r in right], trial=1, concurrency=4, examples=())
+    misled = run_trials(make_env, tasks, llm, [[w] for w in wrong], trial=1, concurrency=4, examples=())
+    n_fixed, n_misled = sum(t.success for t in fixed), sum(t.success for t in misled)
+    assert n_fixed >= 0.9 * len(failed), (n_fixed, len(failed))
+    assert n_misled <= 0.5 * n_fixed, (n_misled, n_fixed)
+    # the plan is the memory's last reflection: an older wrong one before it does not matter
+    both = run_trials(make_env, tasks, llm, [[w, r] for w, r in zip(wrong, right, strict=True)], trial=2,
+                      concurrency=4, examples=())  # fmt: skip
+    assert sum(t.success for t in both) >= 0.9 * len(failed)
+
+
+def test_scripted_actors_serve_several_envs_and_build_actor():
+    names = ["hotpotqa", "webshop"]
+    factories = [lambda n=n: envs.make(n, "test", seed=0) for n in names]
+    expert, explorer = ExpertLLM(*factories), ExplorerLLM(*factories)
+    for make_env in factories:  # each prompt is answered on the env whose task it shows
+        assert all(t.success for t in run_trials(make_env, range(5), expert, concurrency=2, examples=()))
+        alone = run_trials(make_env, range(5), ExplorerLLM(make_env), examples=())
+        assert run_trials(make_env, range(5), explorer, concurrency=2, examples=()) == alone
+    with pytest.raises(ValueError, match="at least one env factory"):
+        ExpertLLM()
+    cfg = train.Config(actor="explorer", envs="hotpotqa,alfworld", seed=3)
+    llm = train.build_actor(cfg, "cpu")
+    assert type(llm) is ExplorerLLM and llm.seed == 3
+    train.reseed_actor(llm, 11)
+    assert llm.seed == 11
+    for split in ("train", "test"):  # train.py rolls out on train tasks, eval.py on test tasks
+        make_env = train.env_factory(cfg, "alfworld", split)
+        [t] = run_trials(make_env, [2], llm, examples=())
+        assert t.steps == pretrain.scripted_trial(make_env(), 2, llm.episode_rng("alfworld", 2)).steps
+    assert type(train.build_actor(train.Config(actor="expert", envs="webshop"), "cpu")) is ExpertLLM
+    with pytest.raises(ValueError, match="local, http, expert or explorer"):
+        train.build_actor(train.Config(actor="oracle"), "cpu")
