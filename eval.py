@@ -5,19 +5,21 @@
 
 Takes the same config as train.py. For each environment and seed, the first `eval_tasks` tasks of
 the `test` split get one trial 0 with an empty memory (shared by the three methods), then up to
-max_trials - 1 retries of the tasks not yet solved:
+eval_trials - 1 retries of the tasks not yet solved:
     react        retries with no memory, same sampling settings as the others
     reflexion    reflections by the retrospector with its adapters off (the frozen base model)
     retroformer  reflections by the retrospector with the trained adapters (out_dir/adapters.pt)
 success_by_trial[k] = fraction of tasks solved in any of trials 0..k, averaged over seeds;
 ci95_by_trial[k] = 1.96 * sample std over seeds / sqrt(n_seeds) (a normal interval over seeds; null
 with one seed). Tasks whose episode failed in the backend are left out (n_void). Writes
-out_dir/eval.json, prints a markdown table and saves out_dir/eval.png (if matplotlib is installed).
+out_dir/eval.json, prints a markdown table and draws the curves in out_dir/eval.svg.
 """
 
+import dataclasses
 import json
 import math
 import os
+from xml.sax.saxutils import escape
 
 import numpy as np
 import torch
@@ -44,6 +46,7 @@ METHODS = ("react", "reflexion", "retroformer")
 
 def evaluate(cfg: Config, actor_llm, retrospector, make_env=None, log_path=None) -> dict:
     """{"<env>": {"<method>": {"success_by_trial", "ci95_by_trial", "n_tasks", "seeds", "n_void"}}}."""
+    cfg = dataclasses.replace(cfg, max_trials=cfg.eval_trials)  # rollout() runs max_trials trials
     methods = [m.strip() for m in cfg.eval_methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
@@ -99,28 +102,59 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(results: dict, path: str) -> bool:
-    try:
-        import matplotlib
+COLORS = {"react": "#7f7f7f", "reflexion": "#1f77b4", "retroformer": "#d62728"}
+W, H, L, R, T, B = 320, 250, 52, 14, 30, 42  # one panel: size, then its margins around the axes box
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: skipping the plot (pip install matplotlib)")
-        return False
-    fig, axes = plt.subplots(1, len(results), figsize=(4 * len(results), 3.2), squeeze=False)
-    for ax, (env, methods) in zip(axes[0], results.items(), strict=True):
-        for m, r in methods.items():
-            y = [np.nan if s is None else s for s in r["success_by_trial"]]
-            err = [0.0 if c is None else c for c in r["ci95_by_trial"]]
-            ax.errorbar(range(len(y)), y, yerr=err, marker="o", capsize=3, label=m)
-        ax.set(title=env, xlabel="trial", ylabel="success rate", ylim=(0, 1))
-        ax.set_xticks(range(len(y)))
-    axes[0][0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+
+def _line(x1, y1, x2, y2, color, width=1.0):
+    xy = f'x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}"'
+    return f'<line {xy} stroke="{color}" stroke-width="{width}"/>'
+
+
+def _circle(x, y, color):
+    return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{color}"/>'
+
+
+def _text(x, y, s, anchor="middle", extra=""):
+    return f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}"{extra}>{escape(str(s))}</text>'
+
+
+def plot(results: dict, path: str) -> None:
+    # Written as SVG by hand rather than with matplotlib, which is not a runtime dependency: every
+    # run of eval.py leaves the plot, with no extra install, and any browser opens it.
+    w, h = W - L - R, H - T - B
+    methods = [m for m in METHODS if any(m in env for env in results.values())]
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W * len(results) + 120}" height="{H}" '
+           'font-family="sans-serif" font-size="11">',
+           '<rect width="100%" height="100%" fill="white"/>']  # fmt: skip
+    for i, (env, rs) in enumerate(results.items()):
+        x0, K = i * W + L, max(len(r["success_by_trial"]) for r in rs.values())
+        px = lambda k: x0 + (k + 0.5) * w / K  # noqa: B023 (only called in this iteration)
+        py = lambda v: T + (1 - min(max(v, 0.0), 1.0)) * h
+        out.append(_text(x0 + w / 2, T - 10, env, extra=' font-size="13"'))
+        for v in (0, 0.25, 0.5, 0.75, 1):
+            out += [_line(x0, py(v), x0 + w, py(v), "#e0e0e0"), _text(x0 - 5, py(v) + 4, f"{v:g}", "end")]
+        for k in range(K):
+            out += [_line(px(k), T + h, px(k), T + h + 4, "black"), _text(px(k), T + h + 16, k)]
+        out.append(f'<rect x="{x0}" y="{T}" width="{w}" height="{h}" fill="none" stroke="black"/>')
+        out.append(_text(x0 + w / 2, H - 8, "trial"))
+        rotate = f' transform="rotate(-90 {x0 - 36} {T + h / 2})"'
+        out.append(_text(x0 - 36, T + h / 2, "success rate", extra=rotate))
+        for m in (m for m in methods if m in rs):
+            curve = zip(rs[m]["success_by_trial"], rs[m]["ci95_by_trial"], strict=True)
+            pts = [(k, s, c) for k, (s, c) in enumerate(curve) if s is not None]  # None: no task counted
+            xy = " ".join(f"{px(k):.1f},{py(s):.1f}" for k, s, _ in pts)
+            out.append(f'<polyline points="{xy}" fill="none" stroke="{COLORS[m]}" stroke-width="2"/>')
+            for k, s, c in pts:
+                if c is not None:  # the 95% interval over seeds; None with a single seed
+                    out.append(_line(px(k), py(s - c), px(k), py(s + c), COLORS[m], 1.5))
+                out.append(_circle(px(k), py(s), COLORS[m]))
+    for j, m in enumerate(methods):  # the legend, right of the panels
+        x, y = W * len(results) + 8, T + 10 + 18 * j
+        out += [_line(x, y, x + 22, y, COLORS[m], 2), _circle(x + 11, y, COLORS[m])]
+        out.append(_text(x + 28, y + 4, m, "start"))
+    with open(path, "w") as f:
+        f.write("\n".join(out + ["</svg>"]) + "\n")
 
 
 def main(argv=None):
@@ -144,8 +178,9 @@ def main(argv=None):
     os.replace(path + ".tmp", path)
     print(markdown_table(results))
     print(f"wrote {path}")
-    if plot(results, os.path.join(cfg.out_dir, "eval.png")):
-        print(f"wrote {os.path.join(cfg.out_dir, 'eval.png')}")
+    svg = os.path.join(cfg.out_dir, "eval.svg")
+    plot(results, svg)
+    print(f"wrote {svg}")
 
 
 if __name__ == "__main__":

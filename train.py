@@ -66,8 +66,9 @@ class Config:
     env_options: str = '{"alfworld": {"max_steps": 25}}'  # JSON {env: {option: value}} for envs.make
     # actor (frozen)
     # local (model.py checkpoint) | http (OpenAI-compatible server) | expert (scripted, solves all) |
-    # explorer (scripted, follows the last reflection's plan: actor.ExplorerLLM, a baseline and oracle)
-    actor: str = "local"
+    # explorer (scripted, follows the last reflection's plan: actor.ExplorerLLM). The offline default
+    # is explorer until the tiny actor of checkpoints/tiny/actor learns to copy names (issue 7)
+    actor: str = "explorer"
     actor_path: str = "checkpoints/tiny/actor"
     actor_url: str = "http://127.0.0.1:8000/v1"
     actor_model: str = "default"
@@ -90,23 +91,24 @@ class Config:
     lora_alpha: float = 16.0
     lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
     # loop
-    updates: int = 4  # each: one rollout epoch, then one PPO update
-    tasks_per_env: int = 8  # training tasks sampled per environment per update
-    max_trials: int = 3
+    updates: int = 15  # each: one rollout epoch, then one PPO update
+    tasks_per_env: int = 32  # training tasks sampled per environment per update
+    max_trials: int = 2  # trials per task in training: trial 0, then retries after reflections
     checkpoint_every: int = 1  # updates
     # PPO (ppo.PPOConfig)
-    lr: float = 1e-4
+    lr: float = 5e-4
     ppo_epochs: int = 4
     minibatch_size: int = 8
     micro_batch_size: int = 4
     clip_eps: float = 0.2
     vf_coef: float = 0.5
     ent_coef: float = 0.0
-    kl_coef: float = 0.05
+    kl_coef: float = 0.02
     target_kl: float = 0.0  # > 0: adaptive KL coefficient (Ziegler et al.); 0: fixed
     max_grad_norm: float = 1.0
     # eval.py
-    eval_tasks: int = 20  # first N test tasks per environment
+    eval_tasks: int = 50  # first N test tasks per environment
+    eval_trials: int = 3  # trials per task in eval.py (train.py: max_trials)
     eval_seeds: str = "0,1,2"
     eval_methods: str = "react,reflexion,retroformer"
 
@@ -160,7 +162,8 @@ def parse_config(argv) -> Config:
                 if key.startswith("_") or type(value).__name__ == "module":
                     continue
                 setattr(cfg, key, _typed(key, value, f"in {arg}"))
-    for key in ("updates", "tasks_per_env", "max_trials", "checkpoint_every", "concurrency", "eval_tasks"):
+    for key in ("updates", "tasks_per_env", "max_trials", "checkpoint_every", "concurrency", "eval_tasks",
+                "eval_trials"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"config key {key!r} must be >= 1, got {getattr(cfg, key)}")
     return cfg

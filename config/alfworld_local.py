@@ -21,4 +21,5 @@ reflection_max_tokens = 96
 updates = 8
 tasks_per_env = 16
 max_trials = 4
+eval_trials = 4
 eval_tasks = 40

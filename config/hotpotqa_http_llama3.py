@@ -41,6 +41,7 @@ lora_alpha = 32.0
 updates = 20
 tasks_per_env = 64
 max_trials = 4
+eval_trials = 4
 checkpoint_every = 1
 
 lr = 2e-5

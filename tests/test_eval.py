@@ -1,6 +1,7 @@
-"""eval.py: eval.json schema, the three methods, adapters off for Reflexion, the markdown table."""
+"""eval.py: eval.json schema, the three methods, adapters off for Reflexion, the markdown table, eval.svg."""
 
 import json
+import xml.etree.ElementTree as ET
 
 import pytest
 import torch
@@ -10,6 +11,8 @@ import envs
 import eval as ev
 from lora import load_lora
 from train import Retrospector, train
+
+SVG = "{http://www.w3.org/2000/svg}"
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +76,8 @@ def test_reflexion_is_the_retrospector_with_adapters_off(trained):
 def test_main_writes_eval_json(trained, capsys):
     cfg, retro_path = trained
     argv = [f"--out_dir={cfg.out_dir}", f"--retrospector_path={retro_path}", f"--actor_path={retro_path}",
-            "--envs=hotpotqa", "--eval_tasks=3", "--eval_seeds=0", "--max_trials=2", "--actor_max_tokens=6",
+            "--envs=hotpotqa", "--eval_tasks=3", "--eval_seeds=0", "--eval_trials=2", "--actor=local",
+            "--actor_max_tokens=6",
             "--reflection_max_tokens=4", "--actor_temperature=1.0", "--progress=false",
             '--env_options={"hotpotqa": {"max_steps": 3}}']  # fmt: skip
     ev.main(argv)
@@ -82,12 +86,38 @@ def test_main_writes_eval_json(trained, capsys):
     check_schema(out["results"], ["hotpotqa"], 2, 3, [0])
     text = capsys.readouterr().out
     assert "| env | method | trial 0 | trial 1 |" in text
-    try:
-        import matplotlib  # noqa: F401
+    assert f"wrote {cfg.out_dir}/eval.svg" in text
+    svg = ET.parse(f"{cfg.out_dir}/eval.svg").getroot()  # valid XML
+    assert len(svg.findall(f"{SVG}polyline")) == 3  # one per (env, method): hotpotqa x 3 methods
+    assert "hotpotqa" in [t.text for t in svg.iter(f"{SVG}text")]
 
-        assert (cfg.out_dir + "/eval.png") in text
-    except ImportError:
-        assert "matplotlib is not installed: skipping the plot" in text
+
+def test_plot_svg(tmp_path):
+    """Hand-made results: one seed (ci None), a None success, an env name that needs escaping."""
+    curve = lambda s, c: {"success_by_trial": s, "ci95_by_trial": c, "n_tasks": 4, "seeds": [0], "n_void": 0}
+    results = {
+        "a<b&c": {
+            "react": curve([0.25, 0.25, 0.5], [None] * 3),
+            "retroformer": curve([0.0, None, 1.0], [None] * 3),
+        },
+        "webshop": {"reflexion": curve([0.5, 0.75], [0.1, 0.2])},
+    }
+    ev.plot(results, tmp_path / "eval.svg")
+    svg = ET.parse(tmp_path / "eval.svg").getroot()
+    texts = [t.text for t in svg.iter(f"{SVG}text")]
+    assert "a<b&c" in texts and "webshop" in texts and "0.25" in texts
+    lines = svg.findall(f"{SVG}polyline")
+    assert [p.get("stroke") for p in lines] == ["#7f7f7f", "#d62728", "#1f77b4"]  # distinct per method
+    points = [[tuple(map(float, xy.split(","))) for xy in p.get("points").split()] for p in lines]
+    assert [len(p) for p in points] == [3, 2, 2]  # the None success is skipped
+    for pts, s in zip(points, [[0.25, 0.25, 0.5], [0.0, 1.0], [0.5, 0.75]], strict=True):
+        x, y = zip(*pts, strict=True)
+        assert list(x) == sorted(x)  # trials left to right
+        for i in range(len(s)):  # higher success = smaller y (SVG's y axis points down), equal = equal
+            for j in range(len(s)):
+                assert (s[i] > s[j]) == (y[i] < y[j]) and (s[i] == s[j]) == (y[i] == y[j])
+    bars = [e for e in svg.iter(f"{SVG}line") if e.get("stroke") == "#1f77b4" and e.get("x1") == e.get("x2")]
+    assert len(bars) == 2  # error bars only where ci95 is not None
 
 
 def test_missing_adapters_and_bad_methods(trained, tmp_path):
