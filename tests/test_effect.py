@@ -39,4 +39,5 @@ def test_short_ppo_run_raises_the_mean_reflection_reward(tmp_path):
     tasks = list(range(64))  # fixed train tasks; both methods see the same first trials
     before = mean_reward(cfg, actor_llm, retrospector, tasks, "reflexion")  # adapters off: the frozen model
     after = mean_reward(cfg, actor_llm, retrospector, tasks, "retroformer")  # the trained adapters
-    assert after > before + 0.05, (before, after)
+    print(f"mean reflection reward: frozen {before:.3f}, after PPO {after:.3f}")
+    assert after > before + 0.15, (before, after)  # measured: 0.317 -> 0.602
