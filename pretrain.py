@@ -1,5 +1,8 @@
 """Pretrain the tiny actor and retrospector of the offline default, from scratch, on the train split.
 
+(The offline default runs the retrospector with the scripted explorer as its actor; the tiny actor,
+`--actor=local`, cannot copy names from its prompt yet: issue 7.)
+
     python pretrain.py            # writes checkpoints/tiny/{actor,retrospector}/ (~25 min, 1 thread)
     python pretrain.py --measure 30   # success on 30 test tasks per env: no / right / wrong memory
 

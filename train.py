@@ -1,6 +1,6 @@
 """Retroformer: train the retrospector's LoRA by PPO on the change of return its reflections bring.
 
-    python train.py                                      # offline default: tiny actor + retrospector, 3 envs
+    python train.py                                      # offline default: scripted actor, tiny retrospector
     python train.py config/hotpotqa_http_llama3.py --updates=20
     torchrun --nproc_per_node=2 train.py --device=cpu     # rollouts sharded over ranks, DDP update
 
