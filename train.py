@@ -166,6 +166,8 @@ def parse_config(argv) -> Config:
                 "eval_trials"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"config key {key!r} must be >= 1, got {getattr(cfg, key)}")
+    if cfg.threads < 0:
+        raise ValueError(f"config key 'threads' must be >= 0, got {cfg.threads}")
     return cfg
 
 
@@ -618,8 +620,6 @@ def command_line_config(argv=None) -> Config:
         cfg = parse_config(sys.argv[1:] if argv is None else argv)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
-    if cfg.threads < 0:
-        raise SystemExit(f"error: config key 'threads' must be >= 0, got {cfg.threads}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     return cfg

@@ -105,12 +105,28 @@ def test_config_defaults_file_and_flags(tmp_path):
         (["--resume=maybe"], r"'resume' .*must be bool"),
         (["--lr"], r"'lr' needs a value"),
         (["--updates=0"], r"'updates' must be >= 1"),
+        (["--eval_trials=0"], r"'eval_trials' must be >= 1"),
+        (["--threads=-1"], r"'threads' must be >= 0"),
         (["missing.py"], r"config file 'missing.py' not found"),
     ],
 )
 def test_config_errors(argv, message):
     with pytest.raises(ValueError, match=message):
         parse_config(argv)
+
+
+def test_threads_key_sets_torch_threads():
+    import train as trainpy
+
+    before = torch.get_num_threads()
+    try:
+        assert trainpy.command_line_config(["--threads=2"]).threads == 2 and torch.get_num_threads() == 2
+        trainpy.command_line_config(["--threads=0"])  # 0 leaves torch's setting alone
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SystemExit, match="'threads' must be >= 0"):
+        trainpy.command_line_config(["--threads=-3"])
 
 
 def test_config_file_errors(tmp_path):
