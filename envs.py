@@ -949,6 +949,9 @@ class ALFWorldEnv:
         else:  # only where it believes the thing is; once all are checked it goes round them again
             tour = likely or recs
         tour = [r for r in dict.fromkeys(tour) if r in recs and _alf_kind(r) != target]
+        # the likely places can all be of the target's kind (a countertop task whose object lives on
+        # countertops): then it tours everything else
+        tour = tour or [r for r in recs if _alf_kind(r) != target]
         todo = [r for r in tour if r not in self._searched and r != here]
         if not todo and here in tour:
             todo = tour[tour.index(here) + 1 :] + tour[: tour.index(here)]

@@ -167,6 +167,18 @@ def test_explorer_fails_visibly_and_the_plan_fixes_it(splits, split):
     assert fixed >= 0.95 * failures, (fixed, failures)
 
 
+def test_explorer_tours_elsewhere_when_the_target_is_the_only_likely_place():
+    # pillows are likely only on beds; "put a pillow on bed" once crashed the explorer (empty tour)
+    env = ALFWorldEnv(n_tasks=1)
+    text = ("You are in the middle of a room. Looking quickly around you, you see a bed 1, a drawer 1, "
+            "and a shelf 1.\nYour task is to: put a pillow on bed.")
+    env.tasks[0] = {"text": text, "recs": ["bed 1", "drawer 1", "shelf 1"], "closed": frozenset({"drawer 1"}),
+                    "contents": {"bed 1": [], "drawer 1": [], "shelf 1": ["pillow 1"]},
+                    "task": ("put", "pillow", "bed")}
+    success, _, traj = run(env, 0, "explorer")
+    assert success and "go to shelf 1" in [a for _, a, _ in traj], traj
+
+
 def test_difficulty_option_moves_the_explorer():
     rates = []
     for d in (0.0, 0.5, 1.0):
