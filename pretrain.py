@@ -1,30 +1,33 @@
 """Pretrain the tiny actor and retrospector of the offline default, from scratch, on the train split.
 
-(The offline default runs the retrospector with the scripted explorer as its actor; the tiny actor,
-`--actor=local`, cannot copy names from its prompt yet: issue 7.)
+    python pretrain.py                      # writes checkpoints/tiny/{actor,retrospector}/ (1 thread)
+    python pretrain.py --role retrospector  # one of the two (run both roles in two shells: ~2x faster)
+    python pretrain.py --measure 30         # success on 30 test tasks per env: no / right / wrong memory
 
-    python pretrain.py            # writes checkpoints/tiny/{actor,retrospector}/ (~25 min, 1 thread)
-    python pretrain.py --measure 30   # success on 30 test tasks per env: no / right / wrong memory
-
-1. A small byte-level BPE vocabulary (model.train_bpe) built from the environments' train-split text.
-2. The actor: behaviour cloning of the environments' scripted explorers in exactly the prompt format
+1. A small byte-level BPE vocabulary (model.train_bpe) built from the environments' train-split text,
+   with a split pattern (SPLIT_PATTERN) that spells names and product ids with short, frequent pieces.
+2. An induction warm-up: ~1100 steps on random token strings written twice (induction_sequences), so
+   the model learns to copy from its prompt before it sees the scripted data. Without it the tiny
+   model memorizes the train split's names and cannot write an unseen name or product id.
+3. The actor: behaviour cloning of the environments' scripted explorers in exactly the prompt format
    actor.py uses at run time (actor.build_prompt with the reflections memory, no few-shot examples,
    old steps elided to fit the context window); the loss is on the completion tokens only
-   (" thought\\nAction: action\\nObservation"). Without memory the actor explores imperfectly
+   (" thought\nAction: action\nObservation"). Without memory the actor explores imperfectly
    (env.explorer(rng)); with a memory it follows the last reflection's plan, right or wrong
    (env.explorer(rng, plan=...)), so that it obeys its memory.
-3. The retrospector: (actor.build_reflection_prompt(failed trial) -> reflection) pairs where the
+4. The retrospector: (actor.build_reflection_prompt(failed trial) -> reflection) pairs where the
    reflection is the correct diagnosis and plan (env.plan, read off the trajectory text alone) with
    probability P_CORRECT, else a plausible but wrong one (an entity, place, item or option that
    appears in the trial but is the wrong one). The frozen retrospector is then a weak Reflexion
    baseline whose sampled reflections are right about P_CORRECT of the time; PPO can raise that.
 
-Actor and retrospector are one tiny Llama trained on both kinds of pairs (their prompts differ from
-the first token), saved twice: the actor stays frozen, the retrospector gets LoRA adapters.
-Nothing of the test split is read. Deterministic from --seed.
+Actor and retrospector are two tiny Llamas with one vocabulary, both from the same warm-up; the actor
+stays frozen, the retrospector gets LoRA adapters. Nothing of the test split is read. Deterministic
+from --seed (and the thread count).
 """
 
 import argparse
+import copy
 import math
 import os
 import random
@@ -65,7 +68,19 @@ def examples(env_name: str) -> tuple[str, ...]:
 P_CORRECT = 0.3  # share of correct reflections in the retrospector's training targets
 MODEL = dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=4, hidden_dim=384, max_seq_len=CONTEXT,
              tie_embeddings=True)  # fmt: skip
-VOCAB = 2048
+VOCAB = 1536
+# The tokenizer's split pattern. A tiny model copies a name from its prompt only if every token of it
+# was seen often in training: names of the test split are new, so a BPE over whole words would spell
+# them with rare pieces whose embeddings never learned to be copied. So capitalized words (names) and
+# upper-case runs (product ids) are cut into chunks of at most two letters and digits stand alone;
+# the words of the ReAct format (KEEP) stay whole, and lower-case words (a closed vocabulary) too.
+KEEP = ("Thought|Action|Observation|Question|Search|Lookup|Finish|Plan|Next|Previous|Reflections?|"
+        "Instruction|WebShop|Page|Total|Price|Rating|Buy|Now|Back|Prev|Description|Features|Reviews|"
+        "Your|You|The|Not|Another|Use|On|In|It|Could|Similar|Memory|Trial|Below|Looking")
+SPLIT_PATTERN = (r"'s|'t|'re|'ve|'m|'ll|'d|(?:" + KEEP + r")(?!\p{L})|\p{Lu}\p{Ll}?|(?<=\p{L})\p{Ll}{1,2}"
+                 r"| ?\p{Ll}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+")
+# Steps of the induction warm-up (see induction_sequences) before the scripted data.
+INDUCTION_STEPS = 1100
 
 # ----------------------------------------------------------------------------- scripted trials
 
@@ -244,7 +259,7 @@ def build_tokenizer(episodes, pairs, vocab_size: int = VOCAB):
         texts += [actor.format_memory(t.reflections, MEMORY_K), t.instruction]
         texts += [actor.render_step(*s[:3]) for s in t.steps]
     texts += [r for _, r in pairs]
-    return modelpy.train_bpe(texts, vocab_size)
+    return modelpy.train_bpe(texts, vocab_size, pat_str=SPLIT_PATTERN)
 
 
 def batches(seqs, max_tokens: int, rng: random.Random):
@@ -280,22 +295,38 @@ def loss_fn(model, x, m):
     return F.cross_entropy(logits.float(), x[:, 1:][sel])
 
 
+def induction_sequences(n: int, vocab_size: int, rng: random.Random):
+    """n random token strings, each written twice, the loss on the repeat: copying is the only way to
+    predict it. A tiny Llama trained on the scripted data alone never learns to copy (it memorizes the
+    train split's names instead, and a test name then gets ~10 nats per token); ~1000 steps of this at
+    a constant learning rate first build the attention heads that copy (induction heads)."""
+    seqs = []
+    for _ in range(n):
+        k = rng.randint(10, 60)
+        xs = [rng.randrange(vocab_size - 1) for _ in range(k)]  # any token but the last (end of text)
+        seqs.append((xs + xs, [0] * k + [1] * k))
+    return seqs
+
+
 def train(seqs, vocab_size: int, steps: int, seed: int = 0, lr: float = 2e-3, batch_tokens: int = 8192,
-          model_kw=None, log_every: int = 50, model=None):  # fmt: skip
-    """Train a tiny Llama (fresh, or `model` further) on (ids, mask) sequences -> (model, [(step, loss)])."""
+          model_kw=None, log_every: int = 50, model=None, constant_lr: bool = False,
+          desc: str = "pretrain"):  # fmt: skip
+    """Train a tiny Llama (fresh, or `model` further) on (ids, mask) sequences -> (model, [(step, loss)]).
+    The learning rate warms up, then follows a cosine to lr/10 (or stays at lr: constant_lr)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     if model is None:
         cfg = modelpy.ModelConfig(arch="llama", vocab_size=vocab_size, **(model_kw or MODEL))
         model = modelpy.Transformer(cfg)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    wd = [p for n, p in model.named_parameters() if p.dim() >= 2]
     rest = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+    opt = torch.optim.AdamW([{"params": wd, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
                             lr=lr, betas=(0.9, 0.95))  # fmt: skip
     warmup = max(1, steps // 20)
-    sched = lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    decay = lambda s: 1.0 if constant_lr else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps))
+    sched = lambda s: min(1.0, (s + 1) / warmup) * decay(s)
     queue, curve, avg = [], [], None
-    bar = tqdm(range(steps), desc="pretrain", dynamic_ncols=True)
+    bar = tqdm(range(steps), desc=desc, dynamic_ncols=True)
     model.train()
     for step in bar:
         if not queue:
@@ -320,22 +351,21 @@ def train(seqs, vocab_size: int, steps: int, seed: int = 0, lr: float = 2e-3, ba
 
 
 def save(model, tok, path):
-    """Both checkpoints into `path` atomically: written to a temp dir next to it, then renamed."""
+    """One checkpoint (model + tokenizer) into `path` atomically: written to a temp dir next to it,
+    then renamed over it."""
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    for role in ("actor", "retrospector"):
-        modelpy.save_pretrained(model, os.path.join(tmp, role))
-        tok.save(os.path.join(tmp, role))
+    modelpy.save_pretrained(model, tmp)
+    tok.save(tmp)
     old = f"{path}.old-{os.getpid()}"
     if os.path.exists(path):
         os.rename(path, old)
     os.rename(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
 
-
-N_TASKS = {"hotpotqa": 800, "alfworld": 500, "webshop": 600}
+N_TASKS = {"hotpotqa": 2400, "alfworld": 1500, "webshop": 1800}
 # A long ALFWorld episode gives one segment per step once old steps are elided (each with one
 # short completion): keep only this share of those to spend the CPU budget on more episodes.
 KEEP_ELIDED = 0.25
@@ -396,8 +426,12 @@ def measure(path: str = OUT, n_tasks: int = 30, seed: int = 0):
 def main(argv=None, out: str = OUT):
     p = argparse.ArgumentParser(description="Pretrain the tiny actor and retrospector (offline default).")
     p.add_argument("--out", default=out, help="output folder (default: checkpoints/tiny)")
+    p.add_argument("--role", default="both", choices=("both", "actor", "retrospector"),
+                   help="train only one model (two shells can then run both roles at once)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=3500, help="optimizer steps")
+    p.add_argument("--steps", type=int, default=3500, help="optimizer steps of the actor")
+    p.add_argument("--retro-steps", type=int, default=2500, help="optimizer steps of the retrospector")
+    p.add_argument("--induction-steps", type=int, default=INDUCTION_STEPS, help="copy warm-up steps (each)")
     p.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per batch")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--tasks", type=float, default=1.0, help="scale of the number of train tasks per env")
@@ -407,7 +441,7 @@ def main(argv=None, out: str = OUT):
     p.add_argument("--vocab", type=int, default=VOCAB, help="BPE vocabulary size")
     p.add_argument("--dim", type=int, default=MODEL["dim"], help="model width (heads of 32)")
     p.add_argument("--layers", type=int, default=MODEL["n_layers"])
-    p.add_argument("--init", default=None, help="continue training this checkpoint (and its tokenizer)")
+    p.add_argument("--init", default=None, help="continue training the checkpoints in this folder")
     p.add_argument("--measure", type=int, default=0, metavar="N",
                    help="instead of training: measure the checkpoints at --out on N test tasks per env")
     args = p.parse_args(argv)
@@ -418,25 +452,41 @@ def main(argv=None, out: str = OUT):
     t0 = time.time()
     n_tasks = {k: max(4, int(v * args.tasks)) for k, v in N_TASKS.items()}
     episodes, pairs = make_trials(args.seed, n_tasks)
-    tok = modelpy.load_tokenizer(args.init) if args.init else build_tokenizer(episodes, pairs, args.vocab)
-    rng = random.Random(args.seed)
-    seqs = [s for e in episodes for j, s in enumerate(actor_sequences(e, tok))
-            if j == 0 or rng.random() < KEEP_ELIDED]
-    seqs += [reflection_sequence(t, r, tok) for t, r in pairs]
-    n_tok = sum(len(ids) for ids, _ in seqs)
-    print(f"{len(episodes)} actor episodes, {len(pairs)} reflection pairs, {len(seqs)} sequences, "
-          f"{n_tok} tokens, vocab {tok.vocab_size} ({time.time() - t0:.0f} s)")
+    roles = ("actor", "retrospector") if args.role == "both" else (args.role,)
+    init = lambda role: os.path.join(args.init, role)
+    if args.init:
+        tok = modelpy.load_tokenizer(init(roles[0]))
+    else:
+        tok = build_tokenizer(episodes, pairs, args.vocab)
+    print(f"{len(episodes)} actor episodes, {len(pairs)} reflection pairs, vocab {tok.vocab_size} "
+          f"({time.time() - t0:.0f} s)")
     heads = max(1, args.dim // 32)
     model_kw = {**MODEL, "dim": args.dim, "n_layers": args.layers, "n_heads": heads, "n_kv_heads": heads,
                 "hidden_dim": 3 * args.dim}
-    init = modelpy.from_pretrained(args.init) if args.init else None
-    model, curve = train(seqs, tok.vocab_size, args.steps, args.seed, args.lr, args.batch_tokens, model_kw,
-                         model=init)  # fmt: skip
-    print("loss curve (step: loss): " + ", ".join(f"{s}: {v:.3f}" for s, v in curve))
-    save(model, tok, args.out)
-    print(f"wrote {args.out}/actor and {args.out}/retrospector in {time.time() - t0:.0f} s")
-    return model, tok, curve
-
+    warm = None
+    if not args.init:  # the same warm-up for both roles: made once
+        rng = random.Random(args.seed)
+        copies = induction_sequences(20 * max(1, args.induction_steps), tok.vocab_size, rng)
+        warm, curve = train(copies, tok.vocab_size, args.induction_steps, args.seed, args.lr,
+                            args.batch_tokens, model_kw, constant_lr=True, desc="induction warm-up")
+        print("induction warm-up loss (step: loss): " + ", ".join(f"{s}: {v:.3f}" for s, v in curve[::4]))
+    curves = {}
+    for role in roles:
+        rng = random.Random(args.seed)
+        if role == "actor":
+            seqs = [s for e in episodes for j, s in enumerate(actor_sequences(e, tok))
+                    if j == 0 or rng.random() < KEEP_ELIDED]
+        else:
+            seqs = [reflection_sequence(t, r, tok) for t, r in pairs]
+        start = modelpy.from_pretrained(init(role)) if args.init else copy.deepcopy(warm)
+        steps = args.steps if role == "actor" else args.retro_steps
+        print(f"{role}: {len(seqs)} sequences, {sum(len(ids) for ids, _ in seqs)} tokens, {steps} steps")
+        model, curves[role] = train(seqs, tok.vocab_size, steps, args.seed, args.lr, args.batch_tokens,
+                                    model_kw, model=start, desc=role)
+        print(f"{role} loss curve (step: loss): " + ", ".join(f"{s}: {v:.3f}" for s, v in curves[role]))
+        save(model, tok, os.path.join(args.out, role))
+        print(f"wrote {args.out}/{role} ({time.time() - t0:.0f} s)")
+    return model, tok, curves
 
 if __name__ == "__main__":
     main()

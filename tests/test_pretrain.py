@@ -2,6 +2,7 @@
 
 import os
 import random
+import re
 
 import pytest
 import torch
@@ -13,14 +14,17 @@ import pretrain as P
 import train
 
 TINY = {"hotpotqa": 6, "alfworld": 4, "webshop": 6}
+# `python pretrain.py` at a tiny size
+TINY_ARGS = lambda out: ["--out", str(out), "--steps", "2", "--retro-steps", "2", "--induction-steps", "2",
+                         "--tasks", "0.005", "--vocab", "1000", "--dim", "32", "--layers", "1",
+                         "--batch-tokens", "1024"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """checkpoints from a two-step `python pretrain.py` run: the real command at a tiny size."""
     out = tmp_path_factory.mktemp("pretrain") / "tiny"
-    P.main(["--out", str(out), "--steps", "2", "--tasks", "0.005", "--vocab", "1000", "--dim", "32",
-            "--layers", "1", "--batch-tokens", "1024"])  # fmt: skip
+    P.main(TINY_ARGS(out))
     return out
 
 
@@ -111,8 +115,8 @@ def test_main_writes_loadable_checkpoints_atomically(tiny_run):
     out = tiny_run
     os.makedirs(out / "actor", exist_ok=True)
     (out / "actor" / "stale.txt").write_text("x")
-    P.main(["--out", str(out), "--steps", "2", "--tasks", "0.005", "--vocab", "1000", "--dim", "32",
-            "--layers", "1", "--batch-tokens", "1024"])  # fmt: skip  # an old cache is replaced as a whole
+    # an old cache is replaced as a whole
+    P.main(TINY_ARGS(out))
     assert sorted(os.listdir(out.parent)) == ["tiny"]  # no temp folder left behind
     for role in ("actor", "retrospector"):
         assert not (out / role / "stale.txt").exists()
@@ -185,5 +189,36 @@ def test_cached_checkpoints_load_and_act_on_a_test_prompt():
     (out,) = llm.complete([prompt], P.ACTOR_MAX_TOKENS, 0.0)
     thought, action = actor.parse_action(out)
     assert action.startswith("Search[") and action.endswith("]"), out
-    retro = M.from_pretrained(os.path.join(P.OUT, "retrospector"))
-    assert torch.equal(retro.tok_emb.weight, llm.model.tok_emb.weight)  # one model, saved twice
+    retro_tok = M.load_tokenizer(os.path.join(P.OUT, "retrospector"))
+    assert retro_tok.mergeable_ranks == llm.tokenizer.mergeable_ranks  # two models, one vocabulary
+    assert retro_tok.pat_str == P.SPLIT_PATTERN  # the checkpoints are what pretrain.py makes now
+
+
+def test_test_split_names_are_spelled_with_tokens_seen_in_training():
+    """The split pattern cuts names and product ids into pieces: a test-split name or ASIN (never seen
+    in training) is spelled with tokens that the train-split text uses too, so a model can copy it."""
+    tok = M.load_tokenizer(os.path.join(P.OUT, "retrospector"))
+    episodes, _ = P.make_trials(0, {"hotpotqa": 300, "alfworld": 4, "webshop": 100})
+    seen = {t for e in episodes for t in tok.encode(e.text())}
+    env = envs.make("hotpotqa", "test")
+    names = {n for i in range(20) for n in re.findall(r"[A-Z][a-z]+ [A-Z][a-z]+", env.reset(i))}
+    shop = envs.make("webshop", "test")
+    for i in range(5):
+        shop.reset(i)
+        obs, *_ = shop.step("search[" + shop.task["phrase"] + "]")
+        names |= set(re.findall(r"B0[A-Z0-9]{8}", obs))
+    assert len(names) > 20
+    for name in names:
+        ids = tok.encode(" " + name)
+        assert set(ids) <= seen, (name, [tok.decode([t]) for t in ids if t not in seen])
+    # the Llama 3 pattern would glue '[' to the name: here a name has the same tokens everywhere
+    assert tok.encode("Search[Fidoll Works]")[2:-1] == tok.encode(" Fidoll Works")[1:]
+
+
+def test_induction_sequences_repeat_with_the_loss_on_the_repeat():
+    seqs = P.induction_sequences(50, 1000, random.Random(0))
+    for ids, mask in seqs:
+        k = mask.index(1)
+        assert ids[:k] == ids[k:] and mask == [0] * k + [1] * k and 10 <= k <= 60
+        assert all(0 <= t < 999 for t in ids)  # 999: end of text
+    assert len({tuple(ids) for ids, _ in seqs}) == 50
