@@ -12,7 +12,7 @@
 3. The actor: behaviour cloning of the environments' scripted explorers in exactly the prompt format
    actor.py uses at run time (actor.build_prompt with the reflections memory, no few-shot examples,
    old steps elided to fit the context window); the loss is on the completion tokens only
-   (" thought\nAction: action\nObservation"). Without memory the actor explores imperfectly
+   (" thought\\nAction: action\\nObservation"). Without memory the actor explores imperfectly
    (env.explorer(rng)); with a memory it follows the last reflection's plan, right or wrong
    (env.explorer(rng, plan=...)), so that it obeys its memory.
 4. The retrospector: (actor.build_reflection_prompt(failed trial) -> reflection) pairs where the
@@ -365,6 +365,7 @@ def save(model, tok, path):
     os.rename(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
 
+
 N_TASKS = {"hotpotqa": 2400, "alfworld": 1500, "webshop": 1800}
 # A long ALFWorld episode gives one segment per step once old steps are elided (each with one
 # short completion): keep only this share of those to spend the CPU budget on more episodes.
@@ -487,6 +488,7 @@ def main(argv=None, out: str = OUT):
         save(model, tok, os.path.join(args.out, role))
         print(f"wrote {args.out}/{role} ({time.time() - t0:.0f} s)")
     return model, tok, curves
+
 
 if __name__ == "__main__":
     main()

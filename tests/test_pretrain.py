@@ -125,6 +125,17 @@ def test_main_writes_loadable_checkpoints_atomically(tiny_run):
         assert M.load_tokenizer(out / role).vocab_size == 1000
 
 
+def test_role_trains_one_model_and_both_roles_share_the_warm_up(tmp_path, tiny_run):
+    P.main(TINY_ARGS(tmp_path / "tiny") + ["--role", "retrospector"])
+    assert sorted(os.listdir(tmp_path / "tiny")) == ["retrospector"]
+    alone = M.from_pretrained(tmp_path / "tiny" / "retrospector")
+    both = M.from_pretrained(tiny_run / "retrospector")  # made after the actor, in the same run
+    pairs = zip(alone.state_dict().values(), both.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    actor_model = M.from_pretrained(tiny_run / "actor")
+    assert not torch.equal(actor_model.tok_emb.weight, both.tok_emb.weight)  # two models
+
+
 def test_pretrain_takes_the_run_time_settings_from_train_config():
     cfg = train.Config()
     assert (P.ACTOR_MAX_TOKENS, P.REFLECT_MAX_TOKENS, P.MEMORY_K, P.ENV_SEED) == (
