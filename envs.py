@@ -943,15 +943,14 @@ class ALFWorldEnv:
         if here in self._closed and here not in self._searched and _alf_kind(here) != target:
             return thought, f"open {here}"
         prior = [t for t in _ALF_LIKELY[want] if any(_alf_kind(r) == t for r in recs)]
-        likely = sorted((r for r in recs if _alf_kind(r) in prior), key=lambda r: prior.index(_alf_kind(r)))
+        # never the target itself (a pillow's only likely place, bed, is also where it must go)
+        likely = sorted((r for r in recs if _alf_kind(r) in prior and _alf_kind(r) != target),
+                        key=lambda r: prior.index(_alf_kind(r)))  # fmt: skip
         if plan:
             tour = at.get(want, []) + _alf_unrange(first) + likely + recs
         else:  # only where it believes the thing is; once all are checked it goes round them again
             tour = likely or recs
         tour = [r for r in dict.fromkeys(tour) if r in recs and _alf_kind(r) != target]
-        # the likely places can all be of the target's kind (a countertop task whose object lives on
-        # countertops): then it tours everything else
-        tour = tour or [r for r in recs if _alf_kind(r) != target]
         todo = [r for r in tour if r not in self._searched and r != here]
         if not todo and here in tour:
             todo = tour[tour.index(here) + 1 :] + tour[: tour.index(here)]
