@@ -14,17 +14,19 @@ import pretrain as P
 import train
 
 TINY = {"hotpotqa": 6, "alfworld": 4, "webshop": 6}
-# `python pretrain.py` at a tiny size
-TINY_ARGS = lambda out: ["--out", str(out), "--steps", "2", "--retro-steps", "2", "--induction-steps", "2",
-                         "--tasks", "0.005", "--vocab", "1000", "--dim", "32", "--layers", "1",
-                         "--batch-tokens", "1024"]  # fmt: skip
+
+
+def tiny_args(out):
+    """`python pretrain.py` at a tiny size."""
+    return ["--out", str(out), "--steps", "2", "--retro-steps", "2", "--induction-steps", "2", "--tasks",
+            "0.005", "--vocab", "1000", "--dim", "32", "--layers", "1", "--batch-tokens", "1024"]
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """checkpoints from a two-step `python pretrain.py` run: the real command at a tiny size."""
     out = tmp_path_factory.mktemp("pretrain") / "tiny"
-    P.main(TINY_ARGS(out))
+    P.main(tiny_args(out))
     return out
 
 
@@ -116,7 +118,7 @@ def test_main_writes_loadable_checkpoints_atomically(tiny_run):
     os.makedirs(out / "actor", exist_ok=True)
     (out / "actor" / "stale.txt").write_text("x")
     # an old cache is replaced as a whole
-    P.main(TINY_ARGS(out))
+    P.main(tiny_args(out))
     assert sorted(os.listdir(out.parent)) == ["tiny"]  # no temp folder left behind
     for role in ("actor", "retrospector"):
         assert not (out / role / "stale.txt").exists()
@@ -126,7 +128,7 @@ def test_main_writes_loadable_checkpoints_atomically(tiny_run):
 
 
 def test_role_trains_one_model_and_both_roles_share_the_warm_up(tmp_path, tiny_run):
-    P.main(TINY_ARGS(tmp_path / "tiny") + ["--role", "retrospector"])
+    P.main(tiny_args(tmp_path / "tiny") + ["--role", "retrospector"])
     assert sorted(os.listdir(tmp_path / "tiny")) == ["retrospector"]
     alone = M.from_pretrained(tmp_path / "tiny" / "retrospector")
     both = M.from_pretrained(tiny_run / "retrospector")  # made after the actor, in the same run
