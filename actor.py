@@ -636,13 +636,16 @@ def explorer_step(env, rng: random.Random, plan: str | None, actions=()) -> tupl
     """env.explorer's next (thought, action) for an actor that follows `plan` (the last reflection in
     its memory; None: no memory) after taking `actions` in this episode. The rules of the scripted
     explorer actor, shared by pretrain.scripted_trial and ExplorerLLM:
-    - WebShop: a plan its explorer cannot parse is followed like no plan at all;
+    - WebShop: a plan its explorer cannot parse is followed like no plan at all, and so is one whose
+      search found nothing that fits it (the actor went back to search): it then shops as it would
+      without memory, rather than searching the same words until its steps run out;
     - ALFWorld: once every place the plan names was visited (`go to X`), the actor falls back to its
       memoryless habits (env.explorer's plan mode would tour every receptacle, so any plan, even a
       wrong one, would end in success)."""
     import envs  # imported here, as in few_shot_examples
 
-    if plan is not None and env.name == "webshop" and envs._WS_PLAN.search(plan) is None:
+    if plan is not None and env.name == "webshop" and (
+            envs._WS_PLAN.search(plan) is None or "click[Back to Search]" in actions):
         plan = None
     if plan is not None and env.name == "alfworld":
         at, first = envs._alf_parse_plan(plan)

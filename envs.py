@@ -1218,8 +1218,7 @@ def _ws_parse_item(obs: str) -> dict | None:
 
 
 _WS_PLAN = re.compile(
-    r"Next time: search\[(?P<query>[^\]]+)\], (?:open (?P<asin>B0[A-Z0-9]{8})"
-    r"|open the first result whose title has (?P<words>.+?) and price under (?P<budget>[\d.]+) dollars"
+    r"Next time: open (?:(?P<asin>B0[A-Z0-9]{8})|the first result that fits the instruction"
     r"(?:, not (?P<skip>B0[A-Z0-9]{8}))?)(?P<clicks>(?:, click\[[^\]]+\])*)\.")
 
 
@@ -1412,9 +1411,10 @@ class WebShopEnv:
     def explorer(self, rng: random.Random, plan: str | None = None) -> tuple[str, str]:
         """Memoryless policy: search the instruction's product phrase, open the top result, click the asked
         options (slipping to an option's first value with prob. WEBSHOP_EXPLORER_SLIP, or when the asked one
-        is not offered) and buy. With `plan` (from `plan()`), follow it: search its query, open its item or
-        the first result whose title has its words at a price under its budget (skipping its excluded item
-        and items seen this trial to lack a planned option), click its options, then Buy Now."""
+        is not offered) and buy. With `plan` (from `plan()`), follow it: search the product phrase, open its
+        item or the first result that fits the instruction (its words in the title, its budget; skipping
+        the plan's excluded item and items seen this trial to lack a planned option), click its options,
+        then Buy Now."""
         self._check_live()
         if plan is not None:
             return self._follow(plan)
@@ -1440,20 +1440,21 @@ class WebShopEnv:
     def _follow(self, plan: str) -> tuple[str, str]:
         m = _WS_PLAN.search(plan)
         if not m:
-            raise ValueError(f"webshop: cannot parse plan {plan!r}: want 'Next time: search[...], open ...'")
+            raise ValueError(f"webshop: cannot parse plan {plan!r}: want 'Next time: open ...'")
         clicks = [c for c in re.findall(r"click\[([^\]]+)\]", m.group("clicks")) if c != "Buy Now"]
+        goal = self.task
         if self.page == "search":
-            return f"My plan: search for {m.group('query')}.", f"search[{m.group('query')}]"
+            return f"I search for {goal['phrase']} and follow my plan.", f"search[{goal['phrase']}]"
         if self.page == "sub":
             return "Back to the item.", "click[< Prev]"
         if self.page == "results":
-            words = set(_ws_tokens(m.group("words") or ""))
+            words = set(_ws_tokens(" ".join([*goal["attrs"], goal["type"]])))
             for p in self._on_page():
                 lacks = p["asin"] in self.visited and not all(
                     any(c in vals for vals in p["options"].values()) for c in clicks)
                 if m.group("asin") == p["asin"] or not m.group("asin") and not lacks and (
                         p["asin"] != m.group("skip") and words <= set(p["tf"])
-                        and p["price"] <= float(m.group("budget"))):
+                        and p["price"] <= goal["budget"]):
                     return f"{p['asin']} fits my plan; I open it.", f"click[{p['asin']}]"
             if "next >" in self._clickables():
                 return "Nothing on this page fits my plan; next page.", "click[Next >]"
@@ -1465,8 +1466,9 @@ class WebShopEnv:
         if not m.group("asin") and not set(clicks) <= offered:
             missing = next(c for c in clicks if c not in offered)
             return f"{self.item['asin']} has no {missing}; I go back.", "click[< Prev]"
-        for c in clicks:
-            if c in offered and c not in self.chosen.values():
+        for c in clicks:  # one value per option type: a plan naming two (a wrong one) must not toggle them
+            kind = next((t for t, vals in self.item["options"].items() if c in vals), None)
+            if kind is not None and kind not in self.chosen:
                 return f"My plan says click[{c}].", f"click[{c}]"
         return "Everything in my plan is set; I buy it.", "click[Buy Now]"
 
@@ -1510,17 +1512,18 @@ class WebShopEnv:
                     reasons.append(f"I clicked {chosen[t]}, not {v}" if t in chosen else f"I skipped {v}")
             if not reasons:
                 reasons.append(f"{asin} scored below 1")
+        # The plan names only what the next trial must do differently: the search (the instruction's
+        # phrase) and the item's words and budget (the instruction's) are the actor's anyway, and a
+        # short plan is one a small retrospector can write without slips.
         if bought and page is not None and product_ok:
             select = f"open {asin}"
         else:
-            words = ", ".join(list(goal["attrs"]) + [goal["type"]])
-            select = f"open the first result whose title has {words} and price under {goal['budget']:.2f}"
-            select += " dollars"
+            select = "open the first result that fits the instruction"
             select += f", not {asin}" if bought and asin else ""
         clicks = "".join(f", click[{v}]" for v in goal["options"].values())
         diagnosis = "; ".join(reasons)
         diagnosis = diagnosis[0].upper() + diagnosis[1:]
-        return f"{diagnosis}. Next time: search[{goal['phrase']}], {select}{clicks}, click[Buy Now]."
+        return f"{diagnosis}. Next time: {select}{clicks}, click[Buy Now]."
 
     def render(self, trajectory, first_obs: str | None = None) -> str:
         """Readable episode: the instruction page (default: the current task's), then each step."""

@@ -308,6 +308,32 @@ def test_explorer_llm_equals_scripted_trial_and_reseeds():
     assert run_trials(make_env, tasks, ExplorerLLM(make_env, seed=1), examples=()) == other
 
 
+def test_webshop_explorer_drops_a_plan_whose_search_found_nothing_that_fits():
+    # a plan asking for an option no item offers: the actor pages through the results, goes back to search,
+    # then shops as it would without memory (and buys) instead of searching the same words until its
+    # steps run out (a trial that buys nothing scores 0, which made any parseable wrong plan costly)
+    env = _train_env("webshop")()
+    i = next(j for j in range(len(env)) if pretrain.scripted_trial(env, j, random.Random(0)).success)
+    env.reset(i)
+    goal = env.tasks[i]
+    plan = ("Nothing fit. Next time: open the first result that fits the instruction, "
+            "click[zzz], click[Buy Now].")
+    assert envs._WS_PLAN.search(plan)
+    traj = pretrain.scripted_trial(env, i, random.Random(0), [plan])
+    actions = [s[1] for s in traj.steps]
+    back = actions.index("click[Back to Search]")  # raises if the plan was never dropped
+    plan_moves = ("search[", "click[Next >]", "click[< Prev]", "click[B0")
+    assert all(a.startswith(plan_moves) for a in actions[:back])
+    assert actions[back + 1] == f"search[{goal['phrase']}]" and actions[-1] == "click[Buy Now]"
+    assert traj.success  # the memoryless shopping of this task succeeds (with this rng)
+    env.reset(i)
+    for j, a in enumerate(actions):  # each step after the drop is the memoryless explorer's
+        if j > back:
+            assert actor.explorer_step(env, random.Random(1), plan, actions[:j])[1] == \
+                env.explorer(random.Random(1))[1]
+        env.step(a)
+
+
 @pytest.mark.parametrize("name", ["hotpotqa", "alfworld", "webshop"])
 def test_explorer_llm_follows_right_plans_not_wrong_ones(name):
     make_env, env = _train_env(name), _train_env(name)()
