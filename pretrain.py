@@ -22,8 +22,9 @@
    baseline whose sampled reflections are right about P_CORRECT of the time; PPO can raise that.
 
 Actor and retrospector are two tiny Llamas with one vocabulary, both from the same warm-up; the actor
-stays frozen, the retrospector gets LoRA adapters. Nothing of the test split is read. Deterministic
-from --seed (and the thread count).
+stays frozen, the retrospector gets LoRA adapters. Nothing of the test split is read, nor the train
+tasks that train.py's PPO samples (make_trials starts after them). Deterministic from --seed (and
+the thread count).
 """
 
 import argparse
@@ -167,16 +168,12 @@ def wrong_reflection(env, traj, right: str | None, rng: random.Random) -> str:
         if asin:
             return re.sub(_WS_OPEN, f"open {asin}", right, count=1)
     if not asins:
-        return "I did not find the item. Next time: search[" + _ws_query(traj) + "], click[Buy Now]."
-    return f"I chose the wrong item. Next time: search[{_ws_query(traj)}], open {asins[0]}, click[Buy Now]."
+        return "I did not find the item. Next time: open the first result that fits the instruction, " \
+               "click[Buy Now]."
+    return f"I chose the wrong item. Next time: open {asins[0]}, click[Buy Now]."
 
 
-_WS_OPEN = r"open (?:B0[A-Z0-9]{8}|the first result whose title has .+? dollars(?:, not B0[A-Z0-9]{8})?)"
-
-
-def _ws_query(traj):
-    m = re.findall(r"search\[([^\]]+)\]", traj.text())
-    return m[0] if m else "item"
+_WS_OPEN = r"open (?:B0[A-Z0-9]{8}|the first result that fits the instruction(?:, not B0[A-Z0-9]{8})?)"
 
 
 # ----------------------------------------------------------------------------- training data
@@ -185,6 +182,9 @@ def _ws_query(traj):
 def make_trials(seed: int, n_tasks: dict, p_correct: float = P_CORRECT):
     """Scripted trials on the train split: (actor episodes, (failed trial, reflection) pairs).
 
+    The tasks are the train split's after those train.py's PPO samples from (the first len(env) of
+    the default train env), so that PPO, as in the paper, improves reflections on tasks the frozen
+    retrospector has never seen, not ones whose right plan it may have memorized.
     Per task: a memoryless trial; if it fails, a trial following the right plan and one following a
     wrong plan; if that one fails too, a third trial whose memory adds a new (right or wrong) reflection.
     Each failed trial gives the retrospector one pair, the reflection right with probability p_correct.
@@ -192,8 +192,9 @@ def make_trials(seed: int, n_tasks: dict, p_correct: float = P_CORRECT):
     rng = random.Random(seed)
     episodes, pairs = [], []
     for name in ENVS:
-        env = envs.make(name, "train", seed=ENV_SEED, n_tasks=n_tasks[name], **ENV_OPTIONS[name])
-        for i in range(len(env)):
+        first = len(envs.make(name, "train", seed=ENV_SEED, **ENV_OPTIONS[name]))  # PPO's tasks: skipped
+        env = envs.make(name, "train", seed=ENV_SEED, n_tasks=first + n_tasks[name], **ENV_OPTIONS[name])
+        for i in range(first, len(env)):
             t0 = scripted_trial(env, i, rng)
             episodes.append(t0)
             if t0.success:
@@ -431,7 +432,7 @@ def main(argv=None, out: str = OUT):
                    help="train only one model (two shells can then run both roles at once)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=3500, help="optimizer steps of the actor")
-    p.add_argument("--retro-steps", type=int, default=2500, help="optimizer steps of the retrospector")
+    p.add_argument("--retro-steps", type=int, default=3000, help="optimizer steps of the retrospector")
     p.add_argument("--induction-steps", type=int, default=INDUCTION_STEPS, help="copy warm-up steps (each)")
     p.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per batch")
     p.add_argument("--lr", type=float, default=2e-3)

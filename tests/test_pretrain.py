@@ -46,6 +46,13 @@ def test_make_trials_is_deterministic_and_train_split_only(data):
     assert all(not t.success for t, _ in pairs)  # reflections are written on failed trials only
     test_questions = {envs.make("hotpotqa", "test").reset(i) for i in range(100)}
     assert not any(e.instruction in test_questions for e in episodes)
+    # nor the tasks train.py's PPO samples: the frozen retrospector has not seen their reflections
+    for name in P.ENVS:
+        ppo_env = envs.make(name, "train", seed=P.ENV_SEED, **P.ENV_OPTIONS[name])
+        ppo_instructions = {ppo_env.reset(i) for i in range(len(ppo_env))}
+        mine = [e for e in episodes if e.env == name]
+        assert mine and all(e.task >= len(ppo_env) for e in mine)
+        assert not any(e.instruction in ppo_instructions for e in mine)
 
 
 def test_actor_sequences_are_the_run_time_prompts(data):
