@@ -94,6 +94,9 @@ class Config:
     updates: int = 15  # each: one rollout epoch, then one PPO update
     tasks_per_env: int = 32  # training tasks sampled per environment per update
     max_trials: int = 2  # trials per task in training: trial 0, then retries after reflections
+    # a reflection's reward. return: G(k+1) - G(k), the paper's. success: 1[solved at k+1] - 1[solved at
+    # k], the same where returns are 0/1, but not in WebShop, whose return is a partial score
+    reward: str = "return"
     checkpoint_every: int = 1  # updates
     # PPO (ppo.PPOConfig)
     lr: float = 5e-4
@@ -321,12 +324,17 @@ def rollout(make_env, tasks, actor_llm, retrospector, cfg: Config, method="retro
 
     method: 'retroformer' (adapters on), 'reflexion' (adapters off) or 'react' (retry, no memory).
     first: trial-0 trajectories to start from (eval.py shares them between methods).
-    Returns (records, history): one record per reflection with reward G_{k+1} - G_k (None when the
-    retry failed in the backend: such episodes are void, not task failures), and task -> trials.
+    Returns (records, history): one record per reflection with reward G_{k+1} - G_k (cfg.reward
+    "success": the change of success; None when the retry failed in the backend: such episodes are
+    void, not task failures), and task -> trials.
     Each record is appended to the JSON Lines file replay_path (with `tag`) as soon as it is made.
     """
     if method not in ("react", "reflexion", "retroformer"):
         raise ValueError(f"rollout: unknown method {method!r}: expected react, reflexion or retroformer")
+    if cfg.reward not in ("return", "success"):
+        raise ValueError(f"config key 'reward' must be return or success, got {cfg.reward!r}")
+    gain = (lambda b, a: float(a.success) - float(b.success)) if cfg.reward == "success" else \
+        (lambda b, a: a.ret - b.ret)
     trials = lambda task_ids, memories, k: actor_trials(make_env, task_ids, actor_llm, cfg, memories, k,
                                                         examples, log_path)  # fmt: skip
     trajs = list(first) if first is not None else trials(list(tasks), None, 0)
@@ -353,7 +361,7 @@ def rollout(make_env, tasks, actor_llm, retrospector, cfg: Config, method="retro
             rec = dict(env=before.env, task=before.task, trial=before.trial, prompt=r.prompt,
                        reflection=r.text, reflection_ids=r.ids, logprobs=r.logprobs,
                        return_before=before.ret, return_after=None if void else after.ret,
-                       reward=None if void else after.ret - before.ret, error=after.error)  # fmt: skip
+                       reward=None if void else gain(before, after), error=after.error)  # fmt: skip
             if replay_path:
                 with open(replay_path, "a", encoding="utf-8") as f:
                     f.write(json.dumps({**(tag or {}), **rec}) + "\n")

@@ -201,6 +201,20 @@ def test_reward_is_change_of_return_and_void_episodes_are_excluded(tmp_path, ret
     assert history[0][1].reflections == [records[0]["reflection"]]
 
 
+def test_reward_success_is_the_change_of_success(tmp_path, retro_path):
+    # WebShop's return is a partial score: reward="success" rewards a reflection only for a solve
+    cfg = tiny_config(tmp_path, retro_path, concurrency=2, reward="success")
+    records, _ = rollout(FakeEnv, range(5), FakeActor(), Retrospector.load(cfg, "cpu"), cfg, "retroformer",
+                         generator=torch.Generator().manual_seed(0))  # fmt: skip
+    got = [(r["task"], r["trial"], r["reward"]) for r in records]
+    assert got == [(0, 0, 0.0), (2, 0, 0.0), (3, 0, 0.0), (4, 0, None), (0, 1, 1.0), (2, 1, 0.0), (3, 1, 0.0)]
+    returns = [(r["return_before"], r["return_after"]) for r in records[:3]]
+    assert returns == [(0.2, 0.5), (0.0, 0.0), (0.5, 0.1)]  # the partial returns are still logged
+    bad = tiny_config(tmp_path, retro_path, reward="score")
+    with pytest.raises(ValueError, match="config key 'reward' must be return or success, got 'score'"):
+        rollout(FakeEnv, range(5), FakeActor(), None, bad, "react")
+
+
 def test_react_retries_without_memory(tmp_path, retro_path):
     cfg = tiny_config(tmp_path, retro_path)
     records, history = rollout(FakeEnv, range(4), FakeActor(), None, cfg, "react")
