@@ -1218,8 +1218,8 @@ def _ws_parse_item(obs: str) -> dict | None:
 
 
 _WS_PLAN = re.compile(
-    r"Next time: open (?:(?P<asin>B0[A-Z0-9]{8})|the first result that fits the instruction"
-    r"(?:, not (?P<skip>B0[A-Z0-9]{8}))?)(?P<clicks>(?:, click\[[^\]]+\])*)\.")
+    r"Next time: (?P<open>open (?:(?P<asin>B0[A-Z0-9]{8})|the first result that fits the instruction"
+    r"(?:, not (?P<skip>B0[A-Z0-9]{8}))?))(?P<clicks>(?:, click\[[^\]]+\])*)\.")
 
 
 def episode_steps(trajectory) -> list[tuple[str, str, str]]:

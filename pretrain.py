@@ -166,14 +166,11 @@ def wrong_reflection(env, traj, right: str | None, rng: random.Random) -> str:
         # a wrong item: the one bought last time, or another result
         asin = m["skip"] if m["skip"] else _swap(rng, asins, m["asin"])
         if asin:
-            return re.sub(_WS_OPEN, f"open {asin}", right, count=1)
+            return right[: m.start("open")] + f"open {asin}" + right[m.end("open") :]
     if not asins:
         return "I did not find the item. Next time: open the first result that fits the instruction, " \
                "click[Buy Now]."
     return f"I chose the wrong item. Next time: open {asins[0]}, click[Buy Now]."
-
-
-_WS_OPEN = r"open (?:B0[A-Z0-9]{8}|the first result that fits the instruction(?:, not B0[A-Z0-9]{8})?)"
 
 
 # ----------------------------------------------------------------------------- training data
