@@ -683,6 +683,11 @@ class ExpertLLM:
             for i in range(len(env)):
                 self.tasks[env.reset(i).rstrip("\n")].append((k, i))
             self._free[k] = [env]
+        # last line of a first text -> those texts: finds the prompt's instruction in one pass over its
+        # lines, not one search per task (thousands with eval.py's validation slice)
+        self._by_last_line = collections.defaultdict(list)
+        for text in self.tasks:
+            self._by_last_line[text.rsplit("\n", 1)[-1]].append(text)
 
     def complete(self, prompts: list[str], max_tokens: int = 256, temperature: float = 0.0, stop=STOP):
         return [self.answer(p) for p in prompts]
@@ -690,7 +695,14 @@ class ExpertLLM:
     def answer(self, prompt: str) -> str:
         name = type(self).__name__
         tail = prompt.rsplit("(END OF EXAMPLES)", 1)[-1]
-        pos, text = max(((tail.rfind(t), t) for t in self.tasks), key=lambda x: (x[0], len(x[1])))
+        pos, text, end = -1, "", 0  # the last instruction in the prompt (build_prompt ends it with "\n")
+        for line in tail.split("\n"):
+            end += len(line)
+            for t in self._by_last_line.get(line, ()):
+                at = end - len(t)
+                if at >= 0 and tail.startswith(t, at) and (at, len(t)) > (pos, len(text)):
+                    pos, text = at, t
+            end += 1
         if pos < 0:
             raise ValueError(f"{name}: no task instruction of this env found in the prompt")
         trajectory = tail[pos + len(text) :]

@@ -13,6 +13,8 @@ success_by_trial[k] = fraction of tasks solved in any of trials 0..k, averaged o
 ci95_by_trial[k] = 1.96 * sample std over seeds / sqrt(n_seeds) (a normal interval over seeds; null
 with one seed). Tasks whose episode failed in the backend are left out (n_void). Writes
 out_dir/eval.json, prints a markdown table and draws the curves in out_dir/eval.svg.
+--eval_split=val runs a validation slice of the train split instead of test (train.VAL_FIRST on;
+neither PPO nor pretrain.py reads it): choose settings there, without looking at the test tasks.
 """
 
 import dataclasses
@@ -36,6 +38,7 @@ from train import (
     ensure_checkpoints,
     env_factory,
     env_names,
+    eval_task_ids,
     reseed_actor,
     rollout,
     success_counts,
@@ -58,8 +61,8 @@ def evaluate(cfg: Config, actor_llm, retrospector, make_env=None, log_path=None)
     device = next(retrospector.model.parameters()).device if retrospector is not None else "cpu"
     results = {}
     for name in env_names(cfg):
-        factory = make_env(name, "test")
-        tasks = list(range(min(cfg.eval_tasks, len(factory()))))
+        factory = make_env(name, cfg.eval_split)
+        tasks = eval_task_ids(cfg, len(factory()))
         examples = few_shot_examples(name, cfg.n_examples) if cfg.n_examples else ()
         curves = {m: [] for m in methods}  # method -> per seed, success fraction by trial
         voids = {m: 0 for m in methods}

@@ -111,6 +111,9 @@ class Config:
     max_grad_norm: float = 1.0
     # eval.py
     eval_tasks: int = 50  # first N test tasks per environment
+    # test | val. val: eval_tasks train-split tasks from VAL_FIRST on, which neither PPO (the first
+    # len(train env)) nor pretrain.py reads: for choosing settings without looking at the test tasks
+    eval_split: str = "test"
     eval_trials: int = 3  # trials per task in eval.py (train.py: max_trials)
     eval_seeds: str = "0,1,2"
     eval_methods: str = "react,reflexion,retroformer"
@@ -171,6 +174,8 @@ def parse_config(argv) -> Config:
             raise ValueError(f"config key {key!r} must be >= 1, got {getattr(cfg, key)}")
     if cfg.threads < 0:
         raise ValueError(f"config key 'threads' must be >= 0, got {cfg.threads}")
+    if cfg.eval_split not in ("test", "val"):
+        raise ValueError(f"config key 'eval_split' must be test or val, got {cfg.eval_split!r}")
     return cfg
 
 
@@ -189,10 +194,33 @@ def env_names(cfg: Config) -> list[str]:
     return [n.strip() for n in cfg.envs.split(",") if n.strip()]
 
 
+# The validation tasks: train-split task ids from here on. pretrain.py reads the ids after the default
+# train env's (200 / 134 / 100) up to that plus its N_TASKS (2400 at most): tests/test_pretrain.py checks
+# that they end before VAL_FIRST.
+VAL_FIRST = 3000
+
+
 def env_factory(cfg: Config, name: str, split: str):
+    """A factory of `name`'s env on `split`: train, test, or val (the train split grown to hold
+    VAL_FIRST + eval_tasks tasks; eval_tasks() gives the ids to run)."""
     opts = env_options(cfg).get(name, {})
+    if split == "val":  # task i of a generated env does not depend on n_tasks
+        split, opts = "train", {**opts, "n_tasks": VAL_FIRST + cfg.eval_tasks}
     envs.make(name, split, cfg.env_seed, **opts)  # fail here, not in a worker thread, on a bad option
     return lambda: envs.make(name, split, cfg.env_seed, **opts)
+
+
+def eval_task_ids(cfg: Config, n_env: int) -> list[int]:
+    """The task ids eval.py runs in an env of n_env tasks built by env_factory(cfg, name, cfg.eval_split)."""
+    if cfg.eval_split == "test":
+        return list(range(min(cfg.eval_tasks, n_env)))
+    if cfg.eval_split != "val":
+        raise ValueError(f"config key 'eval_split' must be test or val, got {cfg.eval_split!r}")
+    if n_env <= VAL_FIRST:
+        raise ValueError(f"eval_split=val: the train split has {n_env} tasks, none from "
+                         f"VAL_FIRST={VAL_FIRST} on (a data file too small for a validation slice?); "
+                         "use eval_split=test")
+    return list(range(VAL_FIRST, n_env))
 
 
 def derive_seed(*parts) -> int:
@@ -234,7 +262,8 @@ def build_actor(cfg: Config, device):
         return HTTPLLM(cfg.actor_url, cfg.actor_model, api=cfg.actor_api, api_key_env=cfg.actor_api_key_env,
                        context_window=cfg.actor_context_window, max_concurrency=cfg.concurrency)
     if cfg.actor in ("expert", "explorer"):  # scripted, over every env of cfg.envs, train and test split
-        factories = [env_factory(cfg, name, split) for name in env_names(cfg) for split in ("train", "test")]
+        splits = ("train", "test") + (("val",) if cfg.eval_split == "val" else ())
+        factories = [env_factory(cfg, name, split) for name in env_names(cfg) for split in splits]
         return ExpertLLM(*factories) if cfg.actor == "expert" else ExplorerLLM(*factories, seed=cfg.seed)
     raise ValueError(f"config key 'actor' must be local, http, expert or explorer, got {cfg.actor!r}")
 

@@ -127,3 +127,25 @@ def test_missing_adapters_and_bad_methods(trained, tmp_path):
     cfg2 = tiny_config(tmp_path, retro_path, eval_methods="react,ppo")
     with pytest.raises(ValueError, match=r"unknown \['ppo'\]"):
         ev.evaluate(cfg2, ScriptedActor(), None)
+
+
+def test_eval_split_val_runs_train_tasks_that_ppo_and_pretraining_skip(tmp_path):
+    """--eval_split=val: the train split's tasks from VAL_FIRST on, logged as such, none of them a test
+    task or one of the tasks PPO samples; the scripted explorer finds them."""
+    from train import VAL_FIRST, build_actor, parse_config
+
+    cfg = parse_config(["--envs=hotpotqa", "--eval_split=val", "--eval_tasks=4", "--eval_seeds=0",
+                        "--eval_methods=react", "--eval_trials=2", f"--out_dir={tmp_path}"])  # fmt: skip
+    log = tmp_path / "episodes.jsonl"
+    results = ev.evaluate(cfg, build_actor(cfg, "cpu"), None, log_path=str(log))
+    r = results["hotpotqa"]["react"]
+    assert list(results["hotpotqa"]) == ["react"] and r["n_tasks"] == 4 and len(r["success_by_trial"]) == 2
+    episodes = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted({e["task"] for e in episodes}) == list(range(VAL_FIRST, VAL_FIRST + 4))
+    val = envs.make("hotpotqa", "train", n_tasks=VAL_FIRST + 4)
+    assert {e["instruction"] for e in episodes} == {val.reset(i) for i in range(VAL_FIRST, VAL_FIRST + 4)}
+    ppo, test = envs.make("hotpotqa", "train"), envs.make("hotpotqa", "test")
+    seen = {ppo.reset(i) for i in range(len(ppo))} | {test.reset(i) for i in range(len(test))}
+    assert not any(e["instruction"] in seen for e in episodes)
+    with pytest.raises(ValueError, match="eval_split"):
+        parse_config(["--eval_split=dev"])

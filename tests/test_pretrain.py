@@ -52,6 +52,8 @@ def test_make_trials_is_deterministic_and_train_split_only(data):
         ppo_instructions = {ppo_env.reset(i) for i in range(len(ppo_env))}
         mine = [e for e in episodes if e.env == name]
         assert mine and all(e.task >= len(ppo_env) for e in mine)
+        # and the full pretraining set ends before eval.py's validation slice (--eval_split=val)
+        assert len(ppo_env) + P.N_TASKS[name] <= train.VAL_FIRST
         assert not any(e.instruction in ppo_instructions for e in mine)
 
 
