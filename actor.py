@@ -43,6 +43,9 @@ def render_step(thought: str, action: str, observation: str) -> str:
     return f"Thought: {thought}\nAction: {action}\nObservation: {observation}\n"
 
 
+LOG_TAGS = ("update", "rank", "attempt", "seed", "method")  # keys train.py / eval.py add to logged trials
+
+
 @dataclass
 class Trajectory:
     """One trial of the actor on one task."""
@@ -61,8 +64,9 @@ class Trajectory:
         """The episode as the actor sees it: instruction, then Thought / Action / Observation lines."""
         return self.instruction.rstrip("\n") + "\n" + "".join(render_step(*s[:3]) for s in self.steps)
 
-    def to_json(self) -> str:
-        d = asdict(self)
+    def to_json(self, **tags) -> str:
+        """One JSON line; `tags` (LOG_TAGS: which run, update, seed or method made it) come first."""
+        d = {**tags, **asdict(self)}
         d["return"] = d.pop("ret")
         return json.dumps(d)
 
@@ -70,6 +74,8 @@ class Trajectory:
     def from_json(cls, line: str) -> Trajectory:
         d = json.loads(line)
         try:
+            for key in LOG_TAGS:
+                d.pop(key, None)
             d["ret"] = d.pop("return")
             d["steps"] = [tuple(s) for s in d["steps"]]
             return cls(**d)
@@ -310,21 +316,25 @@ class RolloutError(RuntimeError):
 
 def run_trials(make_env, tasks, llm, memories=None, trial: int = 0, log_path=None, concurrency: int = 8,
                examples=None, k: int = 3, max_tokens: int = 256, temperature: float = 0.0,
-               strict: bool = True, max_consecutive_errors: int = 3) -> list[Trajectory]:  # fmt: skip
+               strict: bool = True, max_consecutive_errors: int = 3,
+               log_tags: dict | None = None) -> list[Trajectory]:  # fmt: skip
     """Run one trial on each of `tasks` (task indices), `concurrency` episodes at a time.
 
     make_env: a factory returning a fresh env (or an env, which is deep-copied: envs are not
     thread-safe, so each live episode gets its own instance). memories: one list of reflections per
     task. Backends with `batched = True` (LocalLLM) step all live episodes together, one complete()
     call per step; others (HTTPLLM) run one episode per thread. Each finished episode is appended to
-    the JSON Lines file log_path at once. An episode whose backend failed gets `error` set; after
-    max_consecutive_errors such episodes in a row the rest are not started (recorded as errors too).
+    the JSON Lines file log_path at once, with the keys of log_tags (a dict of LOG_TAGS) first. An
+    episode whose backend failed gets `error` set; after max_consecutive_errors such episodes in a row
+    the rest are not started (recorded as errors too).
     Returns trajectories in task order; if any episode errored and strict, raises RolloutError.
     """
     if hasattr(make_env, "reset") and not isinstance(make_env, type):  # an env, not a factory
         template = make_env
         make_env = lambda: copy.deepcopy(template)
     tasks = list(tasks)
+    if set(log_tags or ()) - set(LOG_TAGS):
+        raise ValueError(f"run_trials: log_tags keys must be among {LOG_TAGS}, got {sorted(log_tags)}")
     memories = [[] for _ in tasks] if memories is None else list(memories)
     if len(memories) != len(tasks):
         raise ValueError(f"run_trials: {len(memories)} memories for {len(tasks)} tasks")
@@ -352,7 +362,7 @@ def run_trials(make_env, tasks, llm, memories=None, trial: int = 0, log_path=Non
             if env is not None:
                 free_envs.append(env)
             if logf:
-                logf.write(traj.to_json() + "\n")
+                logf.write(traj.to_json(**(log_tags or {})) + "\n")
                 logf.flush()
             state["in_a_row"] = state["in_a_row"] + 1 if traj.error else 0
             if state["in_a_row"] >= max_consecutive_errors and state["abort"] is None:

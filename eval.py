@@ -13,6 +13,7 @@ success_by_trial[k] = fraction of tasks solved in any of trials 0..k, averaged o
 ci95_by_trial[k] = 1.96 * sample std over seeds / sqrt(n_seeds) (a normal interval over seeds; null
 with one seed). Tasks whose episode failed in the backend are left out (n_void). Writes
 out_dir/eval.json, prints a markdown table and draws the curves in out_dir/eval.svg.
+Every trial is logged to out_dir/eval_episodes.jsonl with its seed and method ("shared": trial 0).
 --eval_split=val runs a validation slice of the train split instead of test (train.VAL_FIRST on;
 neither PPO nor pretrain.py reads it): choose settings there, without looking at the test tasks.
 """
@@ -68,12 +69,13 @@ def evaluate(cfg: Config, actor_llm, retrospector, make_env=None, log_path=None)
         voids = {m: 0 for m in methods}
         for seed in seeds:
             reseed_actor(actor_llm, derive_seed(seed, name, "trial0"))
-            first = actor_trials(factory, tasks, actor_llm, cfg, examples=examples, log_path=log_path)
+            first = actor_trials(factory, tasks, actor_llm, cfg, examples=examples, log_path=log_path,
+                                 tag={"seed": seed, "method": "shared"})  # fmt: skip
             for m in methods:
                 reseed_actor(actor_llm, derive_seed(seed, name, m, "actor"))
                 gen = torch.Generator(device=device).manual_seed(derive_seed(seed, name, m, "reflect"))
                 _, history = rollout(factory, tasks, actor_llm, retrospector, cfg, m, examples, gen, log_path,
-                                     first=first)  # fmt: skip
+                                     tag={"seed": seed, "method": m}, first=first)  # fmt: skip
                 solved, n, void = success_counts(history, cfg.max_trials)
                 curves[m].append([s / n if n else float("nan") for s in solved])
                 voids[m] += void

@@ -339,11 +339,13 @@ class Retrospector:
 # ----------------------------------------------------------------------------- rollouts
 
 
-def actor_trials(make_env, tasks, actor_llm, cfg: Config, memories=None, trial=0, examples=(), log_path=None):
+def actor_trials(make_env, tasks, actor_llm, cfg: Config, memories=None, trial=0, examples=(), log_path=None,
+                 tag=None):  # fmt: skip
     """Trial `trial` of the actor on each of `tasks`; backend failures come back as void trajectories."""
     return run_trials(make_env, tasks, actor_llm, memories, trial=trial, log_path=log_path,
                       concurrency=cfg.concurrency, examples=examples, k=cfg.memory_k,
-                      max_tokens=cfg.actor_max_tokens, temperature=cfg.actor_temperature, strict=False)
+                      max_tokens=cfg.actor_max_tokens, temperature=cfg.actor_temperature, strict=False,
+                      log_tags=tag)  # fmt: skip
 
 
 def rollout(make_env, tasks, actor_llm, retrospector, cfg: Config, method="retroformer", examples=(),
@@ -356,7 +358,8 @@ def rollout(make_env, tasks, actor_llm, retrospector, cfg: Config, method="retro
     Returns (records, history): one record per reflection with reward G_{k+1} - G_k (cfg.reward
     "success": the change of success; None when the retry failed in the backend: such episodes are
     void, not task failures), and task -> trials.
-    Each record is appended to the JSON Lines file replay_path (with `tag`) as soon as it is made.
+    Each record is appended to the JSON Lines file replay_path (with `tag`) as soon as it is made, and
+    each trial to log_path (with `tag` too).
     """
     if method not in ("react", "reflexion", "retroformer"):
         raise ValueError(f"rollout: unknown method {method!r}: expected react, reflexion or retroformer")
@@ -365,7 +368,7 @@ def rollout(make_env, tasks, actor_llm, retrospector, cfg: Config, method="retro
     gain = (lambda b, a: float(a.success) - float(b.success)) if cfg.reward == "success" else \
         (lambda b, a: a.ret - b.ret)
     trials = lambda task_ids, memories, k: actor_trials(make_env, task_ids, actor_llm, cfg, memories, k,
-                                                        examples, log_path)  # fmt: skip
+                                                        examples, log_path, tag)  # fmt: skip
     trajs = list(first) if first is not None else trials(list(tasks), None, 0)
     history = {t.task: [t] for t in trajs}
     memory = {t.task: [] for t in trajs}

@@ -195,8 +195,12 @@ def test_run_trial_solves_with_expert_replies_and_json_roundtrip():
     line = traj.to_json()
     assert json.loads(line)["return"] == 1.0
     assert Trajectory.from_json(line) == traj
+    tagged = traj.to_json(seed=2, method="reflexion")  # eval.py's log tags: read back, not in the record
+    assert json.loads(tagged)["method"] == "reflexion" and Trajectory.from_json(tagged) == traj
     with pytest.raises(ValueError, match="not a Trajectory record"):
         Trajectory.from_json(json.dumps({"env": "fake"}))
+    with pytest.raises(ValueError, match="not a Trajectory record"):  # an unknown key is not a tag
+        Trajectory.from_json(json.dumps({**json.loads(line), "methd": "react"}))
 
 
 def test_reflection_prompt_holds_task_trajectory_and_instruction():

@@ -142,6 +142,7 @@ def test_eval_split_val_runs_train_tasks_that_ppo_and_pretraining_skip(tmp_path)
     assert list(results["hotpotqa"]) == ["react"] and r["n_tasks"] == 4 and len(r["success_by_trial"]) == 2
     episodes = [json.loads(line) for line in log.read_text().splitlines()]
     assert sorted({e["task"] for e in episodes}) == list(range(VAL_FIRST, VAL_FIRST + 4))
+    assert all(e["seed"] == 0 and e["method"] == ("shared" if e["trial"] == 0 else "react") for e in episodes)
     val = envs.make("hotpotqa", "train", n_tasks=VAL_FIRST + 4)
     assert {e["instruction"] for e in episodes} == {val.reset(i) for i in range(VAL_FIRST, VAL_FIRST + 4)}
     ppo, test = envs.make("hotpotqa", "train"), envs.make("hotpotqa", "test")
