@@ -1217,9 +1217,13 @@ def _ws_parse_item(obs: str) -> dict | None:
     return {"title": lines[j], "price": float(price.group(1)) if price else None, "options": options}
 
 
+# A plan names the item to open; the options to click and the budget are the instruction's (the actor
+# reads those itself), so the plan's one decision is the retrospector's: the same item again (only its
+# options were wrong) or another one (the item itself was wrong).
+WS_PLAN_END = ", click the instruction's options, click[Buy Now]."
 _WS_PLAN = re.compile(
     r"Next time: (?P<open>open (?:(?P<asin>B0[A-Z0-9]{8})|the first result that fits the instruction"
-    r"(?:, not (?P<skip>B0[A-Z0-9]{8}))?))(?P<clicks>(?:, click\[[^\]]+\])*)\.")
+    r"(?:, not (?P<skip>B0[A-Z0-9]{8}))?))[,.]")
 
 
 def episode_steps(trajectory) -> list[tuple[str, str, str]]:
@@ -1413,8 +1417,8 @@ class WebShopEnv:
         options (slipping to an option's first value with prob. WEBSHOP_EXPLORER_SLIP, or when the asked one
         is not offered) and buy. With `plan` (from `plan()`), follow it: search the product phrase, open its
         item or the first result that fits the instruction (its words in the title, its budget; skipping
-        the plan's excluded item and items seen this trial to lack a planned option), click its options,
-        then Buy Now."""
+        the plan's excluded item and items seen this trial to lack an asked option), click the asked
+        options (no slips: the plan says to), then Buy Now."""
         self._check_live()
         if plan is not None:
             return self._follow(plan)
@@ -1441,8 +1445,8 @@ class WebShopEnv:
         m = _WS_PLAN.search(plan)
         if not m:
             raise ValueError(f"webshop: cannot parse plan {plan!r}: want 'Next time: open ...'")
-        clicks = [c for c in re.findall(r"click\[([^\]]+)\]", m.group("clicks")) if c != "Buy Now"]
         goal = self.task
+        asked = list(goal["options"].values())
         if self.page == "search":
             return f"I search for {goal['phrase']} and follow my plan.", f"search[{goal['phrase']}]"
         if self.page == "sub":
@@ -1451,7 +1455,7 @@ class WebShopEnv:
             words = set(_ws_tokens(" ".join([*goal["attrs"], goal["type"]])))
             for p in self._on_page():
                 lacks = p["asin"] in self.visited and not all(
-                    any(c in vals for vals in p["options"].values()) for c in clicks)
+                    any(v in vals for vals in p["options"].values()) for v in asked)
                 if m.group("asin") == p["asin"] or not m.group("asin") and not lacks and (
                         p["asin"] != m.group("skip") and words <= set(p["tf"])
                         and p["price"] <= goal["budget"]):
@@ -1463,13 +1467,12 @@ class WebShopEnv:
                 return "Nothing here fits my plan; I search again.", "click[Back to Search]"
             return f"Nothing fits my plan; I try {fresh[0]}.", f"click[{fresh[0]}]"
         offered = {v for vals in self.item["options"].values() for v in vals}
-        if not m.group("asin") and not set(clicks) <= offered:
-            missing = next(c for c in clicks if c not in offered)
+        if not m.group("asin") and not set(asked) <= offered:
+            missing = next(v for v in asked if v not in offered)
             return f"{self.item['asin']} has no {missing}; I go back.", "click[< Prev]"
-        for c in clicks:  # one value per option type: a plan naming two (a wrong one) must not toggle them
-            kind = next((t for t, vals in self.item["options"].items() if c in vals), None)
-            if kind is not None and kind not in self.chosen:
-                return f"My plan says click[{c}].", f"click[{c}]"
+        for t, v in goal["options"].items():  # the asked value of each option type this item offers
+            if v in self.item["options"].get(t, ()) and self.chosen.get(t) != v:
+                return f"The instruction asks for {t}: {v}.", f"click[{v}]"
         return "Everything in my plan is set; I buy it.", "click[Buy Now]"
 
     def plan(self, trajectory) -> str | None:
@@ -1512,18 +1515,17 @@ class WebShopEnv:
                     reasons.append(f"I clicked {chosen[t]}, not {v}" if t in chosen else f"I skipped {v}")
             if not reasons:
                 reasons.append(f"{asin} scored below 1")
-        # The plan names only what the next trial must do differently: the search (the instruction's
-        # phrase) and the item's words and budget (the instruction's) are the actor's anyway, and a
-        # short plan is one a small retrospector can write without slips.
+        # The plan names only what the next trial must do differently, the item: the search (the
+        # instruction's phrase), the item's words, budget and options (the instruction's) are the
+        # actor's anyway, and a plan with no values to copy is one a small retrospector writes without slips.
         if bought and page is not None and product_ok:
             select = f"open {asin}"
         else:
             select = "open the first result that fits the instruction"
             select += f", not {asin}" if bought and asin else ""
-        clicks = "".join(f", click[{v}]" for v in goal["options"].values())
         diagnosis = "; ".join(reasons)
         diagnosis = diagnosis[0].upper() + diagnosis[1:]
-        return f"{diagnosis}. Next time: {select}{clicks}, click[Buy Now]."
+        return f"{diagnosis}. Next time: {select}{WS_PLAN_END}"
 
     def render(self, trajectory, first_obs: str | None = None) -> str:
         """Readable episode: the instruction page (default: the current task's), then each step."""

@@ -152,25 +152,23 @@ def wrong_reflection(env, traj, right: str | None, rng: random.Random) -> str:
         r = rng.choice(recs)
         obj = re.search(r"Your task is to: \w+ (?:two |some |a |an )?(\w+)", traj.instruction)
         return f"The {obj[1] if obj else 'object'} is at {r}."
-    # webshop
-    asins = list(dict.fromkeys(re.findall(r"^\[(B0[A-Z0-9]{8})\]$", text, re.M)))
-    values = [v for line in re.findall(r"^\w+ ((?:\[\[?[^\]]+\]\]?)+)$", text, re.M)
-              for v in re.findall(r"\[\[?([^\]]+)\]?\]", line)]  # fmt: skip
+    # webshop: the plan's one decision is the item, so a wrong plan opens a wrong one
+    target = env.tasks[traj.task]["target"]  # the item that fits: never "wrong" by chance (training data)
+    asins = [a for a in dict.fromkeys(re.findall(r"^\[(B0[A-Z0-9]{8})\]$", text, re.M)) if a != target]
     m = envs._WS_PLAN.search(right or "")
-    if m:
-        opts = [c for c in re.findall(r"click\[([^\]]+)\]", m["clicks"]) if c != "Buy Now"]
-        j = rng.randrange(len(opts)) if opts else 0
-        new = _swap(rng, values, opts[j]) if opts else None
-        if new and rng.random() < 0.5:  # a wrong option value
-            return right.replace(f"click[{opts[j]}]", f"click[{new}]", 1)
-        # a wrong item: the one bought last time, or another result
-        asin = m["skip"] if m["skip"] else _swap(rng, asins, m["asin"])
-        if asin:
-            return right[: m.start("open")] + f"open {asin}" + right[m.end("open") :]
+    if m and m["asin"]:  # only the options were wrong: leave the right item, or open another result
+        other = _swap(rng, asins, m["asin"])
+        wrong = f"open {other}" if other and rng.random() < 0.5 else \
+            f"open the first result that fits the instruction, not {m['asin']}"
+        return right[: m.start("open")] + wrong + right[m.end("open") :]
+    if m:  # the item was wrong: open it again (the one bought last time), or another result
+        other = m["skip"] if m["skip"] and rng.random() < 0.5 else _swap(rng, asins, m["skip"])
+        if other:
+            return right[: m.start("open")] + f"open {other}" + right[m.end("open") :]
     if not asins:
-        return "I did not find the item. Next time: open the first result that fits the instruction, " \
-               "click[Buy Now]."
-    return f"I chose the wrong item. Next time: open {asins[0]}, click[Buy Now]."
+        return "I did not find the item. Next time: open the first result that fits the instruction" + \
+            envs.WS_PLAN_END
+    return f"I chose the wrong item. Next time: open {asins[0]}{envs.WS_PLAN_END}"
 
 
 # ----------------------------------------------------------------------------- training data

@@ -313,19 +313,21 @@ def test_explorer_llm_equals_scripted_trial_and_reseeds():
 
 
 def test_webshop_explorer_drops_a_plan_whose_search_found_nothing_that_fits():
-    # a plan asking for an option no item offers: the actor pages through the results, goes back to search,
-    # then shops as it would without memory (and buys) instead of searching the same words until its
-    # steps run out (a trial that buys nothing scores 0, which made any parseable wrong plan costly)
+    # a plan that excludes the one item that fits: the actor pages through the results (and, on a task
+    # whose last page holds nothing new to try, goes back to search), then shops as it would without
+    # memory (and buys) instead of searching the same words until its steps run out (a trial that buys
+    # nothing scores 0, which made any parseable wrong plan costly)
     env = _train_env("webshop")()
-    i = next(j for j in range(len(env)) if pretrain.scripted_trial(env, j, random.Random(0)).success)
+    plan_of = lambda j: (f"Nothing fit. Next time: open the first result that fits the instruction, "
+                         f"not {env.tasks[j]['target']}{envs.WS_PLAN_END}")  # fmt: skip
+    trials = ((j, pretrain.scripted_trial(env, j, random.Random(0), [plan_of(j)])) for j in range(len(env))
+              if pretrain.scripted_trial(env, j, random.Random(0)).success)  # fmt: skip
+    i, traj = next((j, t) for j, t in trials if "click[Back to Search]" in [s[1] for s in t.steps])
     env.reset(i)
-    goal = env.tasks[i]
-    plan = ("Nothing fit. Next time: open the first result that fits the instruction, "
-            "click[zzz], click[Buy Now].")
+    goal, plan = env.tasks[i], plan_of(i)
     assert envs._WS_PLAN.search(plan)
-    traj = pretrain.scripted_trial(env, i, random.Random(0), [plan])
     actions = [s[1] for s in traj.steps]
-    back = actions.index("click[Back to Search]")  # raises if the plan was never dropped
+    back = actions.index("click[Back to Search]")
     plan_moves = ("search[", "click[Next >]", "click[< Prev]", "click[B0")
     assert all(a.startswith(plan_moves) for a in actions[:back])
     assert actions[back + 1] == f"search[{goal['phrase']}]" and actions[-1] == "click[Buy Now]"

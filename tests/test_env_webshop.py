@@ -105,8 +105,7 @@ def test_plan_for_an_option_slip_names_the_item_and_the_option(test_env):
         traj.append(("", a, obs))
     assert done and not info["success"] and info["reward_breakdown"]["options_matched"] == len(rest)
     plan = env.plan(traj)
-    assert plan.startswith(f"I clicked {wrong}, not {v0}. Next time: open {target}")
-    assert plan.endswith(", click[Buy Now].") and f"click[{v0}]" in plan
+    assert plan == f"I clicked {wrong}, not {v0}. Next time: open {target}{envs.WS_PLAN_END}"
     assert run(env, i, lambda: env.explorer(random.Random(0), plan=plan))[2]["success"]
     # a run that never buys: the plan says so and falls back to the instruction's constraints
     env.reset(i)
@@ -115,20 +114,27 @@ def test_plan_for_an_option_slip_names_the_item_and_the_option(test_env):
     assert env.plan([]) is None
 
 
-def test_a_plan_naming_two_values_of_one_option_clicks_one_of_them_and_buys(test_env):
-    # a wrong plan may name two values of one option type (click[small], click[medium]); the follower
-    # used to toggle between them until its steps ran out
+def test_a_plan_is_followed_with_the_instructions_options_and_no_slips(test_env):
+    # the plan names the item; the actor clicks the options the instruction asks for, with none of the
+    # memoryless explorer's slips, even when its rng would make it slip on every option
     env = test_env
     i = next(j for j, t in enumerate(env.tasks) if t["trap"] is None)
     env.reset(i)
-    target = env.tasks[i]["target"]
-    kind, vals = next(iter(env.tasks[i]["by_asin"][target]["options"].items()))
-    assert len(vals) >= 2
-    plan = f"Wrong sizes. Next time: open {target}, click[{vals[0]}], click[{vals[1]}], click[Buy Now]."
-    traj, ret, info = run(env, i, lambda: env.explorer(random.Random(0), plan=plan))
+    goal, target = env.tasks[i], env.tasks[i]["target"]
+
+    class Slippy(random.Random):
+        def random(self):
+            return 0.0  # < WEBSHOP_EXPLORER_SLIP: the memoryless explorer takes each option's first value
+
+    asked = list(goal["options"].values())
+    first = [vals[0] for vals in goal["by_asin"][target]["options"].values()]
+    assert first != asked  # so the memoryless run slips
+    assert not run(env, i, lambda: env.explorer(Slippy()))[2]["success"]
+    plan = f"I clicked the wrong options. Next time: open {target}{envs.WS_PLAN_END}"
+    traj, ret, info = run(env, i, lambda: env.explorer(Slippy(), plan=plan))
     actions = [a for _, a, _ in traj]
-    assert actions[-1] == "click[Buy Now]" and len(actions) < env.max_steps
-    assert actions.count(f"click[{vals[0]}]") == 1 and f"click[{vals[1]}]" not in actions
+    assert info["success"] and actions == [f"search[{goal['phrase']}]", f"click[{target}]",
+                                           *(f"click[{v}]" for v in asked), "click[Buy Now]"]  # fmt: skip
 
 
 def test_reward_is_webshops_formula(test_env):
