@@ -110,7 +110,7 @@ class Config:
     target_kl: float = 0.0  # > 0: adaptive KL coefficient (Ziegler et al.); 0: fixed
     max_grad_norm: float = 1.0
     # eval.py
-    eval_tasks: int = 50  # first N test tasks per environment
+    eval_tasks: int = 100  # first N test tasks per env (all of HotPotQA and WebShop, 100 of ALFWorld 134)
     # test | val. val: eval_tasks train-split tasks from VAL_FIRST on, which neither PPO (the first
     # len(train env)) nor pretrain.py reads: for choosing settings without looking at the test tasks
     eval_split: str = "test"
@@ -202,7 +202,7 @@ VAL_FIRST = 3000
 
 def env_factory(cfg: Config, name: str, split: str):
     """A factory of `name`'s env on `split`: train, test, or val (the train split grown to hold
-    VAL_FIRST + eval_tasks tasks; eval_tasks() gives the ids to run)."""
+    VAL_FIRST + eval_tasks tasks; eval_task_ids() gives the ids to run)."""
     opts = env_options(cfg).get(name, {})
     if split == "val":  # task i of a generated env does not depend on n_tasks
         split, opts = "train", {**opts, "n_tasks": VAL_FIRST + cfg.eval_tasks}
