@@ -19,6 +19,7 @@ With torchrun, ranks > 0 write replay.rank{r}.jsonl / episodes.rank{r}.jsonl; ra
 """
 
 import contextlib
+import copy
 import json
 import os
 import random
@@ -204,8 +205,11 @@ def env_factory(cfg: Config, name: str, split: str):
     """A factory of `name`'s env on `split`: train, test, or val (the train split grown to hold
     VAL_FIRST + eval_tasks tasks; eval_task_ids() gives the ids to run)."""
     opts = env_options(cfg).get(name, {})
-    if split == "val":  # task i of a generated env does not depend on n_tasks
-        split, opts = "train", {**opts, "n_tasks": VAL_FIRST + cfg.eval_tasks}
+    if split == "val":  # the train split, grown to hold the validation tasks
+        template = envs.make(name, "train", cfg.env_seed, **{**opts, "n_tasks": VAL_FIRST + cfg.eval_tasks})
+        # 3,000+ tasks take seconds to generate, and run_trials makes an env per concurrent episode:
+        # copies share the task list, read-only (reset() rebinds every piece of episode state)
+        return lambda: copy.copy(template)
     envs.make(name, split, cfg.env_seed, **opts)  # fail here, not in a worker thread, on a bad option
     return lambda: envs.make(name, split, cfg.env_seed, **opts)
 

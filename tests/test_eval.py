@@ -150,3 +150,28 @@ def test_eval_split_val_runs_train_tasks_that_ppo_and_pretraining_skip(tmp_path)
     assert not any(e["instruction"] in seen for e in episodes)
     with pytest.raises(ValueError, match="eval_split"):
         parse_config(["--eval_split=dev"])
+
+
+@pytest.mark.parametrize("name", ["hotpotqa", "alfworld", "webshop"])
+def test_val_envs_share_their_tasks_not_their_episodes(name):
+    """env_factory(..., "val") copies one generated env: two copies stepped in turn play the same
+    episodes as two envs of their own."""
+    from train import VAL_FIRST, Config, env_factory, env_options
+
+    factory = env_factory(Config(eval_tasks=2), name, "val")
+    a, b = factory(), factory()
+    assert a.tasks is b.tasks and len(a) == VAL_FIRST + 2
+
+    def episodes(env_a, env_b):
+        out = {0: [env_a.reset(VAL_FIRST)], 1: [env_b.reset(VAL_FIRST + 1)]}
+        done = {0: False, 1: False}
+        while not all(done.values()):
+            for k, env in ((0, env_a), (1, env_b)):
+                if not done[k]:
+                    obs, _, done[k], _ = env.step(env.expert()[1])
+                    out[k].append(obs)
+        return out
+
+    opts = env_options(Config()).get(name, {})
+    grown = lambda: envs.make(name, "train", n_tasks=VAL_FIRST + 2, **opts)
+    assert episodes(a, b) == episodes(grown(), grown())
