@@ -20,6 +20,7 @@ With torchrun, ranks > 0 write replay.rank{r}.jsonl / episodes.rank{r}.jsonl; ra
 
 import contextlib
 import copy
+import functools
 import json
 import os
 import random
@@ -201,12 +202,19 @@ def env_names(cfg: Config) -> list[str]:
 VAL_FIRST = 3000
 
 
+@functools.lru_cache(maxsize=4)
+def _val_env(name: str, seed: int, opts_json: str, n_tasks: int):
+    """One generated val env per (env, seed, options, size): build_actor's scripted actor and eval.py's
+    factory both need it, and generating it takes seconds. Callers copy it, never step it."""
+    return envs.make(name, "train", seed, **{**json.loads(opts_json), "n_tasks": n_tasks})
+
+
 def env_factory(cfg: Config, name: str, split: str):
     """A factory of `name`'s env on `split`: train, test, or val (the train split grown to hold
     VAL_FIRST + eval_tasks tasks; eval_task_ids() gives the ids to run)."""
     opts = env_options(cfg).get(name, {})
     if split == "val":  # the train split, grown to hold the validation tasks
-        template = envs.make(name, "train", cfg.env_seed, **{**opts, "n_tasks": VAL_FIRST + cfg.eval_tasks})
+        template = _val_env(name, cfg.env_seed, json.dumps(opts, sort_keys=True), VAL_FIRST + cfg.eval_tasks)
         # 3,000+ tasks take seconds to generate, and run_trials makes an env per concurrent episode:
         # copies share the task list, read-only (reset() rebinds every piece of episode state)
         return lambda: copy.copy(template)

@@ -159,8 +159,9 @@ def test_val_envs_share_their_tasks_not_their_episodes(name):
     from train import VAL_FIRST, Config, env_factory, env_options
 
     factory = env_factory(Config(eval_tasks=2), name, "val")
-    a, b = factory(), factory()
+    a, b = factory(), env_factory(Config(eval_tasks=2), name, "val")()  # a second factory: the same tasks
     assert a.tasks is b.tasks and len(a) == VAL_FIRST + 2
+    assert env_factory(Config(eval_tasks=3), name, "val")().tasks is not a.tasks  # another size: its own
 
     def episodes(env_a, env_b):
         out = {0: [env_a.reset(VAL_FIRST)], 1: [env_b.reset(VAL_FIRST + 1)]}
