@@ -427,7 +427,7 @@ def main(argv=None, out: str = OUT):
                    help="train only one model (two shells can then run both roles at once)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=3500, help="optimizer steps of the actor")
-    p.add_argument("--retro-steps", type=int, default=3000, help="optimizer steps of the retrospector")
+    p.add_argument("--retro-steps", type=int, default=6000, help="optimizer steps of the retrospector")
     p.add_argument("--induction-steps", type=int, default=INDUCTION_STEPS, help="copy warm-up steps (each)")
     p.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per batch")
     p.add_argument("--lr", type=float, default=2e-3)
