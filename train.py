@@ -95,7 +95,9 @@ class Config:
     # loop
     updates: int = 15  # each: one rollout epoch, then one PPO update
     tasks_per_env: int = 32  # training tasks sampled per environment per update
-    max_trials: int = 2  # trials per task in training: trial 0, then retries after reflections
+    # trials per task in training: trial 0, then retries after reflections. 3, as eval_trials: a second
+    # reflection reads a trial that followed a plan, and is trained only if training makes it too
+    max_trials: int = 3
     # a reflection's reward. return: G(k+1) - G(k), the paper's. success: 1[solved at k+1] - 1[solved at
     # k], the same where returns are 0/1, but not in WebShop, whose return is a partial score
     reward: str = "return"
