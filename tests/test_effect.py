@@ -31,7 +31,7 @@ def test_short_ppo_run_raises_the_mean_reflection_reward(tmp_path):
     cfg = train.parse_config([
         f"--out_dir={tmp_path}", "--envs=alfworld", "--actor=explorer", "--progress=false",
         f"--retrospector_path={ROOT}/checkpoints/tiny/retrospector",
-        "--updates=8", "--tasks_per_env=32", "--max_trials=2", "--lr=5e-4", "--kl_coef=0.02",
+        "--updates=12", "--tasks_per_env=32", "--max_trials=2", "--lr=5e-4", "--kl_coef=0.02",
     ])  # fmt: skip
     retrospector = train.train(cfg)
     actor_llm = train.build_actor(cfg, "cpu")
@@ -39,4 +39,4 @@ def test_short_ppo_run_raises_the_mean_reflection_reward(tmp_path):
     before = mean_reward(cfg, actor_llm, retrospector, tasks, "reflexion")  # adapters off: the frozen model
     after = mean_reward(cfg, actor_llm, retrospector, tasks, "retroformer")  # the trained adapters
     print(f"mean reflection reward: frozen {before:.3f}, after PPO {after:.3f}")
-    assert after > before + 0.15, (before, after)  # measured: 0.228 -> 0.455
+    assert after > before + 0.15, (before, after)  # measured: 0.309 -> 0.569
