@@ -1120,6 +1120,12 @@ def _ws_satisfies(product: dict, goal: dict) -> bool:
     return _ws_reward(product, goal, chosen)[0] == 1.0
 
 
+def _ws_unoffered(product: dict, values) -> str | None:
+    """The first of `values` that `product` offers under no option type, or None if it offers them all."""
+    offered = {v for vals in product["options"].values() for v in vals}
+    return next((v for v in values if v not in offered), None)
+
+
 def _ws_make_task(rng, category, want, trap) -> dict:
     """One instruction and its shop: the target, three near misses, same-type fillers and strangers.
 
@@ -1454,8 +1460,7 @@ class WebShopEnv:
         if self.page == "results":
             words = set(_ws_tokens(" ".join([*goal["attrs"], goal["type"]])))
             for p in self._on_page():
-                lacks = p["asin"] in self.visited and not all(
-                    any(v in vals for vals in p["options"].values()) for v in asked)
+                lacks = p["asin"] in self.visited and _ws_unoffered(p, asked) is not None
                 if m.group("asin") == p["asin"] or not m.group("asin") and not lacks and (
                         p["asin"] != m.group("skip") and words <= set(p["tf"])
                         and p["price"] <= goal["budget"]):
@@ -1466,9 +1471,8 @@ class WebShopEnv:
             if not fresh:
                 return "Nothing here fits my plan; I search again.", "click[Back to Search]"
             return f"Nothing fits my plan; I try {fresh[0]}.", f"click[{fresh[0]}]"
-        offered = {v for vals in self.item["options"].values() for v in vals}
-        if not m.group("asin") and not set(asked) <= offered:
-            missing = next(v for v in asked if v not in offered)
+        missing = _ws_unoffered(self.item, asked)
+        if not m.group("asin") and missing is not None:
             return f"{self.item['asin']} has no {missing}; I go back.", "click[< Prev]"
         for t, v in goal["options"].items():  # the asked value of each option type this item offers
             if v in self.item["options"].get(t, ()) and self.chosen.get(t) != v:
