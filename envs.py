@@ -80,6 +80,14 @@ def rollout(env, i: int, policy):
 _ONSETS = "b c d f g k l m n p r s t v z br dr gr tr".split()
 _MIDS = "l r n m v d s t lv rv nd rl".split()
 _STEMS = [o + v + m + w for o in _ONSETS for v in "aeiou" for m in _MIDS for w in "aeio"]
+# Two more name inventories, from onsets the stems above never start with, so no name of either is a
+# train or test name, and none of one is a name of the other. HotpotQAEnv(names=1 | 2) draws every
+# stem from one of them, whole (not split by parity: a split never uses them by default).
+# pretrain.py trains the retrospector on names=1 tasks too, so that it learns to copy names it has not
+# seen (as test's) rather than recall the train split's; train.py validates on names=2 for the same reason.
+_NAME_ONSETS = {1: "h j w sk st pl fl sn".split(), 2: "kl gl sp cr".split()}
+_NAME_STEMS = {0: _STEMS, **{k: [o + v + m + w for o in ons for v in "aeiou" for m in _MIDS for w in "aeio"]
+                             for k, ons in _NAME_ONSETS.items()}}  # fmt: skip
 _SURNAME_ENDS = ["na", "n", "ll", "ra", "no", "ni", "s", "nto"]
 _CITY_ENDS = ["burg", "ford", "vik", "stad", "mont", "ssa"]
 _ALIASES = [("Teodor", "Teo"), ("Alberta", "Alba"), ("Konstantin", "Kosta"), ("Magdalena", "Magda"),
@@ -122,12 +130,14 @@ def _similar(query: str, titles) -> list[str]:
 class _World:
     """Draws the fictional entities of one task from its split's half of the name stems."""
 
-    def __init__(self, rng: random.Random, parity: int):
-        self.rng, self.parity, self.used = rng, parity, set()
+    def __init__(self, rng: random.Random, parity: int, names: int = 0):
+        # the split's half of the built-in stems, or a whole extra inventory
+        self.stems = _STEMS[parity::2] if names == 0 else _NAME_STEMS[names]
+        self.rng, self.used = rng, set()
 
     def stem(self) -> str:
         while True:
-            s = _STEMS[2 * self.rng.randrange(len(_STEMS) // 2) + self.parity].capitalize()
+            s = self.rng.choice(self.stems).capitalize()
             if s not in self.used:
                 self.used.add(s)
                 return s
@@ -158,9 +168,9 @@ def _person_page(p: dict, link: str = "", hatnote: str = "") -> list[str]:
     return page
 
 
-def _generate_task(rng: random.Random, parity: int, p_trap: float, task_id: str) -> QATask:
+def _generate_task(rng: random.Random, parity: int, p_trap: float, task_id: str, names: int = 0) -> QATask:
     """One two-hop question; with probability p_trap a trap that fools the memoryless explorer."""
-    w = _World(rng, parity)
+    w = _World(rng, parity, names)
     kind = rng.choices(["org", "work", "first", "country"], weights=[3, 2, 3, 2])[0]
     trap = ""
     if rng.random() < p_trap:
@@ -386,26 +396,35 @@ class HotpotQAEnv:
     paragraphs; split and seed are ignored, the file is used as given), or 'wikipedia' (the live
     MediaWiki API at wiki_url, questions from the JSON at `questions`). n_sentences: sentences a
     search shows (ReAct: 5). max_steps: 6, as Reflexion's HotPotQA ReactAgent (hotpotqa_runs/agents.py).
+    names (generated world): 0, the split's half of the name stems; 1 or 2, an extra inventory of names
+    that neither split holds (tasks drawn from their own seeds, so not renamed copies of the split's).
     """
 
     name = "hotpotqa"
 
     def __init__(self, split="train", seed=0, n_tasks=None, difficulty="medium", source=None, questions=None,
                  wiki_url=_WIKI_URL, n_sentences=5, max_steps=6, wiki_timeout=10.0, wiki_retries=3,
-                 wiki_backoff=0.5):
+                 wiki_backoff=0.5, names=0):
         if split not in ("train", "test"):
             raise ValueError(f"unknown split {split!r}: expected 'train' or 'test'")
         if difficulty not in _DIFFICULTY:
             raise ValueError(f"unknown difficulty {difficulty!r}: expected one of {list(_DIFFICULTY)}")
         if n_tasks is not None and n_tasks < 1:
             raise ValueError(f"n_tasks must be >= 1, got {n_tasks}")
+        if names not in _NAME_STEMS or isinstance(names, bool):
+            raise ValueError(f"unknown names {names!r}: expected one of {list(_NAME_STEMS)}")
+        if names and source is not None:
+            raise ValueError(f"names={names} picks names of the generated world; "
+                             f"source={source!r} has its own")
         self.source, self.n_sentences, self.max_steps, self.wiki = source, n_sentences, max_steps, None
         if source is None:
             n = n_tasks or (200 if split == "train" else 100)
             p_trap, parity = _DIFFICULTY[difficulty], int(split == "test")
             # task i depends only on (seed, split, i): n_tasks does not change the first tasks
-            rngs = [random.Random(f"hotpotqa/{seed}/{split}/{i}") for i in range(n)]
-            self.tasks = [_generate_task(r, parity, p_trap, f"{split}-{i}") for i, r in enumerate(rngs)]
+            tag = f"/names{names}" if names else ""
+            rngs = [random.Random(f"hotpotqa/{seed}/{split}/{i}{tag}") for i in range(n)]
+            self.tasks = [_generate_task(r, parity, p_trap, f"{split}{tag}-{i}", names)
+                          for i, r in enumerate(rngs)]  # fmt: skip
         elif source == "wikipedia":
             if questions is None:
                 raise ValueError("source='wikipedia' needs questions=<path to a HotPotQA-format JSON>")

@@ -4,6 +4,7 @@ explorer and plans, the HotPotQA JSON source and the MediaWiki source (against a
 import http.server
 import json
 import random
+import re
 import threading
 import urllib.parse
 
@@ -52,6 +53,46 @@ def test_train_and_test_share_no_entity(seed):
     assert len(a) > 1000 and len(b) > 500
     assert not a & b
     assert not {t.question for t in train.tasks} & {t.question for t in test.tasks}
+
+
+def name_words(env):
+    """The capitalized words of every page title that are not first names, countries, work-title words
+    or an organization's kind: surnames, cities and organization names, built from name stems."""
+    fixed = set(envs._FIRST) | {a for a, _ in envs._ALIASES} | set(envs._COUNTRIES) | set(envs._ADJ)
+    fixed |= set(envs._NOUN) | {"The"} | {suffix for _, suffix in envs._ORG_KINDS.values()}
+    return {w for t in env.tasks for title in t.pages for w in re.findall(r"[A-Z][a-z]+", title)} - fixed
+
+
+@pytest.mark.parametrize("names", [1, 2])
+def test_extra_name_inventories_hold_no_name_of_the_splits(names):
+    """names=1 | 2: every name stem comes from that inventory (neither split's, nor the other's); the
+    tasks are new ones, not renamed copies, and the explorer's failures are still fixed by the plan."""
+    env = envs.make("hotpotqa", "train", names=names, n_tasks=100)
+    stems = {s.capitalize() for s in envs._NAME_STEMS[names]}
+    others = {s.capitalize() for k, v in envs._NAME_STEMS.items() if k != names for s in v}
+    words = name_words(env)
+    assert len(words) > 300
+    assert all(any(w.startswith(s) for s in stems) for w in words)
+    assert not any(w.startswith(s) for w in words for s in others)
+    for split in ("train", "test"):
+        assert not words & name_words(envs.make("hotpotqa", split))
+    default = envs.make("hotpotqa", "train", n_tasks=100)  # renamed copies would all match here
+    same = lambda a, b: a.trap == b.trap and a.question.split()[:4] == b.question.split()[:4]
+    assert sum(same(a, b) for a, b in zip(env.tasks, default.tasks, strict=True)) < 50
+    assert envs.make("hotpotqa", "test", names=names, n_tasks=5).tasks[0].question != env.tasks[0].question
+    fails = fixed = 0
+    for i in range(len(env)):
+        traj, _, info = explore(env, i, seed=i)
+        assert envs.rollout(env, i, env.expert)[1] == 1.0
+        if not info["success"]:
+            fails += 1
+            fixed += explore(env, i, seed=i, plan=env.plan(traj))[2]["success"]
+    assert fails >= 30 and fixed >= 0.95 * fails
+    for bad in (3, True, "1"):
+        with pytest.raises(ValueError, match="unknown names"):
+            envs.make("hotpotqa", names=bad)
+    with pytest.raises(ValueError, match="names=1 picks names of the generated world"):
+        envs.make("hotpotqa", names=1, source="wikipedia", questions="q.json")
 
 
 def test_expert_solves_every_task_of_both_splits():
