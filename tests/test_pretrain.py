@@ -57,6 +57,24 @@ def test_make_trials_is_deterministic_and_train_split_only(data):
         assert not any(e.instruction in ppo_instructions for e in mine)
 
 
+def test_names_drill_pairs_are_hotpotqa_failures_on_names_no_split_holds():
+    """pretrain.py's name drill: (failed trial, reflection) pairs on HotPotQA tasks of envs' name
+    inventory 1, right plans among them; the default data (make_trials without names) is unchanged."""
+    episodes, pairs = P.make_trials(0, {"hotpotqa": 20}, names=1)
+    assert {e.env for e in episodes} == {"hotpotqa"} and len(pairs) >= 10
+    stems = tuple(s.capitalize() for s in envs._NAME_STEMS[1])
+    env = envs.make("hotpotqa", "train", n_tasks=300, names=1)
+    right = 0
+    for t, reflection in pairs:
+        assert not t.success
+        people = re.findall(r"the [a-z]+ [A-Z][a-z]+ ([A-Z][a-z]+)", t.instruction)
+        assert all(p.startswith(stems) for p in people)
+        env.reset(t.task)
+        assert t.instruction.endswith(env.question)
+        right += reflection == env.plan(P._steps(t))
+    assert 0 < right < len(pairs)
+
+
 def test_actor_sequences_are_the_run_time_prompts(data):
     """Every completion span is preceded by exactly the tokens of actor.build_prompt at that step."""
     episodes, _, tok = data
