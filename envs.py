@@ -128,7 +128,8 @@ def _similar(query: str, titles) -> list[str]:
 
 
 class _World:
-    """Draws the fictional entities of one task from its split's half of the name stems."""
+    """Draws the fictional entities of one task from its split's half of the name stems (or an extra
+    inventory of names: HotpotQAEnv's names option)."""
 
     def __init__(self, rng: random.Random, parity: int, names: int = 0):
         # the split's half of the built-in stems, or a whole extra inventory
@@ -411,7 +412,7 @@ class HotpotQAEnv:
             raise ValueError(f"unknown difficulty {difficulty!r}: expected one of {list(_DIFFICULTY)}")
         if n_tasks is not None and n_tasks < 1:
             raise ValueError(f"n_tasks must be >= 1, got {n_tasks}")
-        if names not in _NAME_STEMS or isinstance(names, bool):
+        if isinstance(names, bool) or not isinstance(names, int) or names not in _NAME_STEMS:
             raise ValueError(f"unknown names {names!r}: expected one of {list(_NAME_STEMS)}")
         if names and source is not None:
             raise ValueError(f"names={names} picks names of the generated world; "

@@ -88,7 +88,7 @@ def test_extra_name_inventories_hold_no_name_of_the_splits(names):
             fails += 1
             fixed += explore(env, i, seed=i, plan=env.plan(traj))[2]["success"]
     assert fails >= 30 and fixed >= 0.95 * fails
-    for bad in (3, True, "1"):
+    for bad in (3, True, "1", [1]):
         with pytest.raises(ValueError, match="unknown names"):
             envs.make("hotpotqa", names=bad)
     with pytest.raises(ValueError, match="names=1 picks names of the generated world"):
