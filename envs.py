@@ -79,15 +79,14 @@ def rollout(env, i: int, policy):
 # the fixed enumeration belong to `train`, odd ones to `test`, so the splits share no entity.
 _ONSETS = "b c d f g k l m n p r s t v z br dr gr tr".split()
 _MIDS = "l r n m v d s t lv rv nd rl".split()
-_STEMS = [o + v + m + w for o in _ONSETS for v in "aeiou" for m in _MIDS for w in "aeio"]
+_stems = lambda onsets: [o + v + m + w for o in onsets for v in "aeiou" for m in _MIDS for w in "aeio"]
+_STEMS = _stems(_ONSETS)
 # Two more name inventories, from onsets the stems above never start with, so no name of either is a
 # train or test name, and none of one is a name of the other. HotpotQAEnv(names=1 | 2) draws every
 # stem from one of them, whole (not split by parity: a split never uses them by default).
 # pretrain.py trains the retrospector on names=1 tasks too, so that it learns to copy names it has not
 # seen (as test's) rather than recall the train split's; train.py validates on names=2 for the same reason.
-_NAME_ONSETS = {1: "h j w sk st pl fl sn".split(), 2: "kl gl sp cr".split()}
-_NAME_STEMS = {0: _STEMS, **{k: [o + v + m + w for o in ons for v in "aeiou" for m in _MIDS for w in "aeio"]
-                             for k, ons in _NAME_ONSETS.items()}}  # fmt: skip
+_NAME_STEMS = {0: _STEMS, 1: _stems("h j w sk st pl fl sn".split()), 2: _stems("kl gl sp cr".split())}
 _SURNAME_ENDS = ["na", "n", "ll", "ra", "no", "ni", "s", "nto"]
 _CITY_ENDS = ["burg", "ford", "vik", "stad", "mont", "ssa"]
 _ALIASES = [("Teodor", "Teo"), ("Alberta", "Alba"), ("Konstantin", "Kosta"), ("Magdalena", "Magda"),

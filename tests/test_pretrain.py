@@ -59,7 +59,7 @@ def test_make_trials_is_deterministic_and_train_split_only(data):
 
 def test_names_drill_pairs_are_hotpotqa_failures_on_names_no_split_holds():
     """pretrain.py's name drill: (failed trial, reflection) pairs on HotPotQA tasks of envs' name
-    inventory 1, right plans among them; the default data (make_trials without names) is unchanged."""
+    inventory 1, right and wrong reflections among them."""
     episodes, pairs = P.make_trials(0, {"hotpotqa": 20}, names=1)
     assert {e.env for e in episodes} == {"hotpotqa"} and len(pairs) >= 10
     stems = tuple(s.capitalize() for s in envs._NAME_STEMS[1])
