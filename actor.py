@@ -91,6 +91,9 @@ HEADER = (
     "Thought; the environment answers with an Observation."
 )
 ELIDED = "[{n} earlier steps elided to fit the context window]\n"
+# A step whose action and observation repeat an earlier step's (a loop: ALFWorld's explorer touring the
+# same places again) tells the retrospector nothing new, so a long reflection prompt drops those first.
+REPEATS = "[{n} steps elided that repeat an earlier step's action and observation]\n"
 
 
 def estimate_tokens(text: str) -> int:
@@ -167,24 +170,41 @@ REFLECT_HEADER = (
 
 def build_reflection_prompt(traj: Trajectory, examples=(), count_tokens=None,
                             max_prompt_tokens: int | None = None) -> str:  # fmt: skip
-    """The retrospector's prompt: the task and the failed trajectory; the answer is the reflection."""
+    """The retrospector's prompt: the task and the failed trajectory; the answer is the reflection.
+
+    When the prompt would have more than max_prompt_tokens, the steps that repeat an earlier step's
+    action and observation are left out first (what was seen where stays readable: the eliding that
+    follows, of the oldest steps, would drop first sightings), then the oldest steps, then examples.
+    """
     rendered = [render_step(*s[:3]) for s in traj.steps]
     outcome = f"(The trial ended {'with' if traj.success else 'without'} success; return {traj.ret:g}.)\n\n"
 
-    def assemble(n_elided, n_ex):
-        parts = [REFLECT_HEADER + "\n\n"]
-        if n_ex:
-            parts.append(
-                "Here are some examples:\n" + "\n\n".join(examples[:n_ex]) + "\n(END OF EXAMPLES)\n\n"
-            )
-        parts += ["Previous trial:\n", traj.instruction.rstrip("\n") + "\n"]
-        parts += [ELIDED.format(n=n_elided) if n_elided else ""] + rendered[n_elided:]
-        return "".join(parts + [outcome, "Reflection:"])
+    def assembler(steps, note=""):
+        def assemble(n_elided, n_ex):
+            parts = [REFLECT_HEADER + "\n\n"]
+            if n_ex:
+                parts.append(
+                    "Here are some examples:\n" + "\n\n".join(examples[:n_ex]) + "\n(END OF EXAMPLES)\n\n"
+                )
+            parts += ["Previous trial:\n", traj.instruction.rstrip("\n") + "\n", note]
+            parts += [ELIDED.format(n=n_elided) if n_elided else ""] + steps[n_elided:]
+            return "".join(parts + [outcome, "Reflection:"])
 
+        return assemble
+
+    assemble = assembler(rendered)
     if max_prompt_tokens is None:
         return assemble(0, len(examples))
     count = count_tokens or estimate_tokens
-    return _fit(assemble, len(rendered), len(examples), lambda t: count(t) <= max_prompt_tokens)
+    fits = lambda t: count(t) <= max_prompt_tokens
+    fresh, seen = [], set()  # the steps whose (action, observation) no earlier step had
+    for step, text in zip(traj.steps, rendered, strict=True):
+        if step[1:3] not in seen:
+            fresh.append(text)
+        seen.add(step[1:3])
+    if len(fresh) < len(rendered) and not fits(assemble(0, len(examples))):
+        rendered, assemble = fresh, assembler(fresh, REPEATS.format(n=len(rendered) - len(fresh)))
+    return _fit(assemble, len(rendered), len(examples), fits)
 
 
 _OBS_RE = re.compile(r"^\s*observation\s*\d*\s*:", re.I | re.M)

@@ -2,6 +2,7 @@
 
 import json
 import random
+import re
 import threading
 
 import pytest
@@ -217,7 +218,30 @@ def test_reflection_prompt_holds_task_trajectory_and_instruction():
     long = run_trial(env, 1, ScriptedLLM(lambda p: " wait\nAction: wait"), examples=[])
     full = build_reflection_prompt(long)
     short = build_reflection_prompt(long, count_tokens=count, max_prompt_tokens=len(full) - 100)
-    assert "earlier steps elided" in short and long.instruction in short and len(short) <= len(full) - 100
+    # six identical steps: the five repeats go, the first stays, nothing else is elided
+    assert "[5 steps elided that repeat an earlier step's action and observation]\n" in short
+    assert short.count("Action: wait\n") == 1 and "earlier steps elided" not in short
+    assert long.instruction in short and len(short) <= len(full) - 100
+
+
+def test_reflection_prompt_drops_repeated_steps_before_the_oldest():
+    # a tour of four places, then the same tour again (ALFWorld's explorer when it finds nothing)
+    tour = [("", f"go to shelf {j}", f"On the shelf {j}, you see a mug {j}.", 0.0) for j in range(1, 5)]
+    traj = Trajectory("fake", 0, 0, "Find a mug.", tour + tour[:3] + [("", "look", "You see a room.", 0.0)])
+    count = lambda t: len(t)
+    full = build_reflection_prompt(traj)
+    assert build_reflection_prompt(traj, count_tokens=count, max_prompt_tokens=len(full)) == full  # fits: all
+    short = build_reflection_prompt(traj, count_tokens=count, max_prompt_tokens=len(full) - 1)
+    steps = short.split("Find a mug.\n", 1)[1]
+    assert steps.startswith("[3 steps elided that repeat an earlier step's action and observation]\n")
+    assert [int(n) for n in re.findall(r"Action: go to shelf (\d)", steps)] == [1, 2, 3, 4]  # first sightings
+    assert "Action: look\n" in steps and "earlier steps elided" not in steps
+    # still too long: then the oldest of the remaining steps go, as before
+    shorter = build_reflection_prompt(traj, count_tokens=count, max_prompt_tokens=len(short) - 40)
+    n = int(re.search(r"\[(\d+) earlier steps elided", shorter)[1])
+    kept = [int(j) for j in re.findall(r"Action: go to shelf (\d)", shorter)]
+    assert "[3 steps elided that repeat" in shorter and n >= 1 and kept == list(range(1 + n, 5))
+    assert "Action: look\n" in shorter and len(shorter) <= len(short) - 40
 
 
 def test_example_of_the_same_task_is_left_out():
