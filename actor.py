@@ -669,9 +669,10 @@ def explorer_step(env, rng: random.Random, plan: str | None, actions=()) -> tupl
     - WebShop: a plan its explorer cannot parse is followed like no plan at all, and so is one whose
       search found nothing that fits it (the actor went back to search): it then shops as it would
       without memory, rather than searching the same words until its steps run out;
-    - ALFWorld: once every place the plan names was visited (`go to X`), the actor falls back to its
-      memoryless habits (env.explorer's plan mode would tour every receptacle, so any plan, even a
-      wrong one, would end in success)."""
+    - ALFWorld: once every place the plan names that the room has (its first observation lists them)
+      was visited (`go to X`), the actor falls back to its memoryless habits, and so it does at once
+      when the plan names none: env.explorer's plan mode would tour every receptacle, so any plan,
+      even a wrong one or one naming a 'drawer 11' the room lacks, would end in success."""
     import envs  # imported here, as in few_shot_examples
 
     if plan is not None and env.name == "webshop" and (
@@ -679,9 +680,10 @@ def explorer_step(env, rng: random.Random, plan: str | None, actions=()) -> tupl
         plan = None
     if plan is not None and env.name == "alfworld":
         at, first = envs._alf_parse_plan(plan)
-        places = {r for rs in at.values() for r in rs} | set(envs._alf_unrange(first))
+        room = set(re.findall(r"a (\w+ \d+)", env.render([]).split("\n", 1)[0]))  # its receptacles
+        places = ({r for rs in at.values() for r in rs} | set(envs._alf_unrange(first))) & room
         visited = {m for a in actions for m in re.findall(r"^go to (\w+ \d+)$", a)}
-        if places and places <= visited:
+        if places <= visited:
             plan = None
     return env.explorer(rng, plan=plan)
 

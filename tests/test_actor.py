@@ -364,6 +364,31 @@ def test_webshop_explorer_drops_a_plan_whose_search_found_nothing_that_fits():
         env.step(a)
 
 
+def test_alfworld_explorer_ignores_places_the_room_lacks():
+    # a plan's places the room does not have (a garbled 'drawer 11') give nothing to follow: the actor
+    # keeps its memoryless habits, as with no plan at all. In plan mode it would tour every receptacle,
+    # and PPO learned to write such plans for that exhaustive search instead of right ones.
+    env = _train_env("alfworld")()
+    failed = [i for i in range(40) if not pretrain.scripted_trial(env, i, random.Random(i)).success]
+    assert len(failed) >= 10
+    for i in failed:
+        obj = env.tasks[i]["task"][1]
+        for plan in (f"The {obj} is at drawer 11.", "Search shelf 9-12 first.", "1 first.", "Use a."):
+            traj = pretrain.scripted_trial(env, i, random.Random(i), [plan])
+            assert traj.steps == pretrain.scripted_trial(env, i, random.Random(i)).steps, plan
+        # one real place among missing ones: followed until it was visited, then the habits again
+        home = next(r for r in env.tasks[i]["recs"] if r.split()[0] != env.tasks[i]["task"][2])
+        traj = pretrain.scripted_trial(env, i, random.Random(i), [f"Search {home}, drawer 11 first."])
+        assert traj.steps[0][1] == f"go to {home}"
+        env.reset(i)
+        plan, actions = f"Search {home}, drawer 11 first.", [s[1] for s in traj.steps]
+        for j, a in enumerate(actions):
+            if j > 0:  # past the plan's one real place: the memoryless explorer's moves
+                assert actor.explorer_step(env, random.Random(1), plan, actions[:j])[1] == \
+                    env.explorer(random.Random(1))[1]
+            env.step(a)
+
+
 @pytest.mark.parametrize("name", ["hotpotqa", "alfworld", "webshop"])
 def test_explorer_llm_follows_right_plans_not_wrong_ones(name):
     make_env, env = _train_env(name), _train_env(name)()
