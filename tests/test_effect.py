@@ -39,4 +39,4 @@ def test_short_ppo_run_raises_the_mean_reflection_reward(tmp_path):
     before = mean_reward(cfg, actor_llm, retrospector, tasks, "reflexion")  # adapters off: the frozen model
     after = mean_reward(cfg, actor_llm, retrospector, tasks, "retroformer")  # the trained adapters
     print(f"mean reflection reward: frozen {before:.3f}, after PPO {after:.3f}")
-    assert after > before + 0.15, (before, after)  # measured: 0.309 -> 0.569
+    assert after > before + 0.15, (before, after)  # measured: 0.276 -> 0.463
