@@ -178,21 +178,18 @@ def build_reflection_prompt(traj: Trajectory, examples=(), count_tokens=None,
     """
     rendered = [render_step(*s[:3]) for s in traj.steps]
     outcome = f"(The trial ended {'with' if traj.success else 'without'} success; return {traj.ret:g}.)\n\n"
+    note = ""  # the repeats marker, once they are left out
 
-    def assembler(steps, note=""):
-        def assemble(n_elided, n_ex):
-            parts = [REFLECT_HEADER + "\n\n"]
-            if n_ex:
-                parts.append(
-                    "Here are some examples:\n" + "\n\n".join(examples[:n_ex]) + "\n(END OF EXAMPLES)\n\n"
-                )
-            parts += ["Previous trial:\n", traj.instruction.rstrip("\n") + "\n", note]
-            parts += [ELIDED.format(n=n_elided) if n_elided else ""] + steps[n_elided:]
-            return "".join(parts + [outcome, "Reflection:"])
+    def assemble(n_elided, n_ex):  # reads `rendered` and `note` as they are when called
+        parts = [REFLECT_HEADER + "\n\n"]
+        if n_ex:
+            parts.append(
+                "Here are some examples:\n" + "\n\n".join(examples[:n_ex]) + "\n(END OF EXAMPLES)\n\n"
+            )
+        parts += ["Previous trial:\n", traj.instruction.rstrip("\n") + "\n", note]
+        parts += [ELIDED.format(n=n_elided) if n_elided else ""] + rendered[n_elided:]
+        return "".join(parts + [outcome, "Reflection:"])
 
-        return assemble
-
-    assemble = assembler(rendered)
     if max_prompt_tokens is None:
         return assemble(0, len(examples))
     count = count_tokens or estimate_tokens
@@ -203,7 +200,7 @@ def build_reflection_prompt(traj: Trajectory, examples=(), count_tokens=None,
             fresh.append(text)
         seen.add(step[1:3])
     if len(fresh) < len(rendered) and not fits(assemble(0, len(examples))):
-        rendered, assemble = fresh, assembler(fresh, REPEATS.format(n=len(rendered) - len(fresh)))
+        rendered, note = fresh, REPEATS.format(n=len(rendered) - len(fresh))
     return _fit(assemble, len(rendered), len(examples), fits)
 
 
@@ -680,7 +677,7 @@ def explorer_step(env, rng: random.Random, plan: str | None, actions=()) -> tupl
         plan = None
     if plan is not None and env.name == "alfworld":
         at, first = envs._alf_parse_plan(plan)
-        room = set(re.findall(r"a (\w+ \d+)", env.render([]).split("\n", 1)[0]))  # its receptacles
+        room = set(envs._alf_recs(env.render([])))
         places = ({r for rs in at.values() for r in rs} | set(envs._alf_unrange(first))) & room
         visited = {m for a in actions for m in re.findall(r"^go to (\w+ \d+)$", a)}
         if places <= visited:

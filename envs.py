@@ -738,6 +738,11 @@ def _alf_unrange(text):
             for n in range(int(a), int(b or a) + 1)]
 
 
+def _alf_recs(text):
+    """The receptacles that a task's first observation (the first line of `text`) lists."""
+    return re.findall(r"a (\w+ \d+)", text.split("\n", 1)[0])
+
+
 def _alf_parse_plan(plan):
     """A plan's facts: {type: [recs]} from 'The mug is at drawer 2.' and the 'Search a, b first.' list."""
     at = {}
@@ -1005,7 +1010,7 @@ class ALFWorldEnv:
         if decoy and re.search(rf"You pick up the {decoy} \d+", text):
             clauses.append(f"Use a {obj}, not a {decoy}.")
         if missing:
-            recs = re.findall(r"a (\w+ \d+)", text.split("\n")[0])
+            recs = _alf_recs(text)
             unchecked = [r for r in recs if r not in checked and _alf_kind(r) != target]
             clauses += [f"Search {_alf_ranges(unchecked)} first."] if unchecked else []
         return " ".join(clauses) or None

@@ -138,7 +138,7 @@ def wrong_reflection(env, traj, right: str | None, rng: random.Random) -> str:
         cause = rng.choice(["I answered too quickly.", "I did not read the pages carefully."])
         return f"{cause} Plan: {', then '.join(f'Search[{n}]' for n in name or seen[:1])}, then answer."
     if env.name == "alfworld":
-        recs = re.findall(r"a (\w+ \d+)", traj.instruction.split("\n")[0])
+        recs = envs._alf_recs(traj.instruction)
         if right:
             out = right
             for r in re.findall(r" is at (\w+ \d+)\.", right):
