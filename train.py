@@ -69,7 +69,7 @@ class Config:
     # actor (frozen)
     # local (model.py checkpoint) | http (OpenAI-compatible server) | expert (scripted, solves all) |
     # explorer (scripted, follows the last reflection's plan: actor.ExplorerLLM). The offline default
-    # is explorer until the tiny actor of checkpoints/tiny/actor follows a plan (issue 7)
+    # is explorer: the tiny actor of checkpoints/tiny/actor does not yet follow a plan (README)
     actor: str = "explorer"
     actor_path: str = "checkpoints/tiny/actor"
     actor_url: str = "http://127.0.0.1:8000/v1"
