@@ -95,7 +95,7 @@ class Config:
     # loop
     updates: int = 15  # each: one rollout epoch, then one PPO update
     # training tasks sampled per environment per update. 48 with 2 PPO epochs costs what 32 with 4 did,
-    # and fresh reflections beat re-used ones on validation (README, Results)
+    # and fresh reflections beat re-used ones on validation (README, The offline default)
     tasks_per_env: int = 48
     # trials per task in training: trial 0, then retries after reflections. 3, as eval_trials: a second
     # reflection reads a trial that followed a plan, and is trained only if training makes it too
