@@ -17,19 +17,17 @@ import functools
 import json
 import logging
 import os
-import queue
 import random
 import re
 import threading
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import requests
 import torch
 
 import model as modelpy
+from infra.server import ActorServer
 
 log = logging.getLogger("retroformer.actor")
 
@@ -114,6 +112,14 @@ def format_memory(reflections, k: int = 3) -> str:
     for j in range(first, len(reflections)):
         lines += [f"Trial {j + 1}:", reflections[j].strip()]
     return "\n".join(lines) + "\n"
+
+
+def parse_memory(text: str) -> list[str]:
+    """The reflections of a memory block written by format_memory ([] when `text` holds none)."""
+    head = "Your memory for the task below:\n"
+    if head not in text:
+        return []
+    return [r.strip() for r in re.split(r"^Trial \d+:\n", text.rsplit(head, 1)[1], flags=re.M)[1:]]
 
 
 def _fit(assemble, n_steps: int, n_examples: int, fits) -> str:
@@ -659,338 +665,7 @@ class LocalLLM:
         return [g.text for g in gens]
 
 
-def explorer_step(env, rng: random.Random, plan: str | None, actions=()) -> tuple[str, str]:
-    """env.explorer's next (thought, action) for an actor that follows `plan` (the last reflection in
-    its memory; None: no memory) after taking `actions` in this episode. The rules of the scripted
-    explorer actor, shared by pretrain.scripted_trial and ExplorerLLM:
-    - WebShop: a plan its explorer cannot parse is followed like no plan at all, and so is one whose
-      search found nothing that fits it (the actor went back to search): it then shops as it would
-      without memory, rather than searching the same words until its steps run out;
-    - ALFWorld: once every place the plan names that the room has (its first observation lists them)
-      was visited (`go to X`), the actor falls back to its memoryless habits, and so it does at once
-      when the plan names none: env.explorer's plan mode would tour every receptacle, so any plan,
-      even a wrong one or one naming a 'drawer 11' the room lacks, would end in success."""
-    import envs  # imported here, as in few_shot_examples
-
-    if plan is not None and env.name == "webshop" and (
-            envs._WS_PLAN.search(plan) is None or "click[Back to Search]" in actions):
-        plan = None
-    if plan is not None and env.name == "alfworld":
-        at, first = envs._alf_parse_plan(plan)
-        room = set(envs._alf_recs(env.render([])))
-        places = ({r for rs in at.values() for r in rs} | set(envs._alf_unrange(first))) & room
-        visited = {m for a in actions for m in re.findall(r"^go to (\w+ \d+)$", a)}
-        if places <= visited:
-            plan = None
-    return env.explorer(rng, plan=plan)
-
-
-def _memory_reflections(text: str) -> list[str]:
-    """The reflections of a memory block written by format_memory ([] when `text` holds none)."""
-    head = "Your memory for the task below:\n"
-    if head not in text:
-        return []
-    return [r.strip() for r in re.split(r"^Trial \d+:\n", text.rsplit(head, 1)[1], flags=re.M)[1:]]
-
-
-class ExpertLLM:
-    """A scripted stand-in for the actor that answers what env.expert() would do in the state the
-    prompt describes (it replays the prompt's actions on its own env). For plumbing tests and
-    benchmarks: it proves that instruction, steps and parsing survive the whole actor path.
-
-    make_envs: one or more env factories (e.g. each env's train and test split); a prompt is matched
-    to the task whose instruction it holds and whose observations its replayed actions reproduce."""
-
-    def __init__(self, *make_envs):
-        if not make_envs:
-            raise ValueError(f"{type(self).__name__}: give at least one env factory")
-        self.make_envs = make_envs
-        self.tasks = collections.defaultdict(list)  # first text -> (factory, task) pairs (texts can repeat)
-        self._free, self._lock = {}, threading.Lock()  # factory -> envs reused by any thread
-        for k, make_env in enumerate(make_envs):
-            env = make_env()
-            for i in range(len(env)):
-                self.tasks[env.reset(i).rstrip("\n")].append((k, i))
-            self._free[k] = [env]
-        # last line of a first text -> those texts: finds the prompt's instruction in one pass over its
-        # lines, not one search per task (thousands with eval.py's validation slice)
-        self._by_last_line = collections.defaultdict(list)
-        for text in self.tasks:
-            self._by_last_line[text.rsplit("\n", 1)[-1]].append(text)
-
-    def complete(self, prompts: list[str], max_tokens: int = 256, temperature: float = 0.0, stop=STOP):
-        return [self.answer(p) for p in prompts]
-
-    def answer(self, prompt: str) -> str:
-        name = type(self).__name__
-        tail = prompt.rsplit("(END OF EXAMPLES)", 1)[-1]
-        pos, text, end = -1, "", 0  # the last instruction in the prompt (build_prompt ends it with "\n")
-        for line in tail.split("\n"):
-            end += len(line)
-            for t in self._by_last_line.get(line, ()):
-                at = end - len(t)
-                if at >= 0 and tail.startswith(t, at) and (at, len(t)) > (pos, len(text)):
-                    pos, text = at, t
-            end += 1
-        if pos < 0:
-            raise ValueError(f"{name}: no task instruction of this env found in the prompt")
-        trajectory = tail[pos + len(text) :]
-        if re.search(r"^\[\d+ earlier steps elided", trajectory, re.M):
-            raise ValueError(f"{name}: the prompt has elided steps; cannot replay the episode")
-        actions = re.findall(r"^Action: (.*)$", trajectory, re.M)
-        candidates = self.tasks[text]
-        for n, (k, i) in enumerate(candidates):  # the task whose replayed observations are in the prompt
-            with self._lock:
-                env = self._free[k].pop() if self._free[k] else None
-            try:
-                env = env or self.make_envs[k]()
-                env.reset(i)
-                at = 0
-                for a in actions:
-                    at = trajectory.find(f"Action: {a}\nObservation: {env.step(a)[0]}\n", at)
-                    if at < 0:
-                        break
-                if at >= 0 or n == len(candidates) - 1:
-                    thought, action = self.next_step(env, i, actions, _memory_reflections(tail[:pos]))
-                    return f" {thought}\nAction: {action}"
-            finally:
-                with self._lock:
-                    self._free[k].append(env)
-
-    def next_step(self, env, i: int, actions: list[str], reflections: list[str]) -> tuple[str, str]:
-        """(thought, action) on task i, env in the state after `actions`, the prompt's memory shown."""
-        return env.expert()
-
-
-class ExplorerLLM(ExpertLLM):
-    """A scripted stand-in that answers what the environments' explorer does when it obeys its memory:
-    explorer_step with the last reflection of the prompt's memory as its plan (None: no memory), the
-    rules of pretrain.scripted_trial. A trial after a reflection succeeds when the reflection is a good
-    plan (and sometimes by luck): a baseline actor and the reward oracle of tests.
-
-    Each episode draws from its own random.Random, seeded by (seed, env, task, the memory shown) and
-    replayed with the prompt's actions, so that an episode equals scripted_trial(env, i,
-    self.episode_rng(env.name, i, memory), memory) and answers do not depend on threads or call order.
-    `reseed(seed)` (train.reseed_actor) gives other runs."""
-
-    def __init__(self, *make_envs, seed: int = 0):
-        super().__init__(*make_envs)
-        self.seed = seed
-
-    def reseed(self, seed: int):
-        self.seed = seed
-
-    def episode_rng(self, env_name: str, i: int, reflections=()) -> random.Random:
-        return random.Random(f"explorer/{self.seed}/{env_name}/{i}/{json.dumps(list(reflections))}")
-
-    def next_step(self, env, i, actions, reflections):
-        rng, plan = self.episode_rng(env.name, i, reflections), (reflections[-1] if reflections else None)
-        env.reset(i)
-        for j, a in enumerate(actions):  # replay, drawing from rng as the explorer did at each step
-            explorer_step(env, rng, plan, actions[:j])
-            env.step(a)
-        return explorer_step(env, rng, plan, actions)
-
-
 # ----------------------------------------------------------------------------- server
-
-
-class APIError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param = status, message, param
-
-
-class _Request:
-    def __init__(self, ids, key):
-        self.ids, self.key, self.future = ids, key, concurrent.futures.Future()
-
-
-class ActorServer(ThreadingHTTPServer):
-    """OpenAI-compatible server for a LocalLLM. Handler threads queue their requests; one worker
-    thread takes all waiting requests and runs them as one generate() call per sampling setting."""
-
-    daemon_threads = True
-
-    def __init__(self, llm: LocalLLM, model_name: str, host: str = "127.0.0.1", port: int = 8000,
-                 max_batch: int = 64):  # fmt: skip
-        super().__init__((host, port), _Handler)
-        self.llm, self.model_name, self.max_batch = llm, model_name, max_batch
-        self.queue: queue.Queue = queue.Queue()
-        self.n_batches = 0  # generate() calls so far
-        self.worker = threading.Thread(target=self._work, daemon=True)
-        self.worker.start()
-
-    def _work(self):
-        while True:
-            batch = [self.queue.get()]
-            while batch[-1] is not None and len(batch) < self.max_batch:
-                try:
-                    batch.append(self.queue.get_nowait())
-                except queue.Empty:
-                    break
-            groups = collections.defaultdict(list)
-            for req in batch:
-                if req is not None:
-                    groups[req.key].append(req)
-            for (max_tokens, temperature, top_p, stop), reqs in groups.items():
-                try:
-                    gens = self.llm.generate([r.ids for r in reqs], max_tokens, temperature, top_p, stop)
-                except Exception as e:  # noqa: BLE001 - handed to the waiting request threads
-                    gens = [e] * len(reqs)
-                self.n_batches += 1
-                for r, g in zip(reqs, gens, strict=True):
-                    r.future.set_exception(g) if isinstance(g, Exception) else r.future.set_result(g)
-            if batch[-1] is None:
-                return
-
-    def server_close(self):
-        self.queue.put(None)
-        super().server_close()
-
-    def completion(self, path: str, body: dict) -> dict:
-        """Answer a /v1/completions or /v1/chat/completions request body (raises APIError)."""
-        if not isinstance(body, dict):
-            raise APIError(400, "the request body must be a JSON object")
-        if body.get("model", self.model_name) != self.model_name:
-            raise APIError(
-                404,
-                f"The model `{body['model']}` does not exist; this server has `{self.model_name}`",
-                "model",
-            )
-        if body.get("n", 1) != 1:
-            raise APIError(400, "only n=1 is supported", "n")
-        if body.get("stream"):
-            raise APIError(400, "stream=true is not supported", "stream")
-        chat = path.endswith("/chat/completions")
-        max_tokens = body.get(
-            "max_completion_tokens" if chat and "max_completion_tokens" in body else "max_tokens",
-            256 if chat else 16,
-        )
-        temperature, top_p, stop = (
-            body.get("temperature", 1.0),
-            body.get("top_p", 1.0),
-            body.get("stop") or [],
-        )
-        stop = [stop] if isinstance(stop, str) else stop
-        if not isinstance(max_tokens, int) or max_tokens < 1:
-            raise APIError(400, f"max_tokens must be a positive integer, got {max_tokens!r}", "max_tokens")
-        if not isinstance(temperature, int | float) or not 0 <= temperature <= 2:
-            raise APIError(400, f"temperature must be in [0, 2], got {temperature!r}", "temperature")
-        if not isinstance(top_p, int | float) or not 0 < top_p <= 1:
-            raise APIError(400, f"top_p must be in (0, 1], got {top_p!r}", "top_p")
-        if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
-            raise APIError(400, "stop must be a string or a list of non-empty strings", "stop")
-        if chat:
-            msgs = body.get("messages")
-            if (
-                not isinstance(msgs, list)
-                or not msgs
-                or not all(
-                    isinstance(m, dict)
-                    and isinstance(m.get("role"), str)
-                    and isinstance(m.get("content"), str)
-                    for m in msgs
-                )
-            ):
-                raise APIError(
-                    400,
-                    "messages must be a non-empty list of {role, content} with string content",
-                    "messages",
-                )
-            prompts = [self.llm.encode_chat(msgs)]
-        else:
-            p = body.get("prompt")
-            texts = [p] if isinstance(p, str) else p
-            if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-                raise APIError(400, "prompt must be a string or a non-empty list of strings", "prompt")
-            prompts = [self.llm.encode(t) for t in texts]
-        for ids in prompts:
-            if len(ids) + max_tokens > self.llm.context_window:
-                raise APIError(
-                    400,
-                    f"This model's maximum context length is {self.llm.context_window} tokens; "
-                    f"the prompt has {len(ids)} tokens and max_tokens is {max_tokens}",
-                    "max_tokens",
-                )
-        key = (max_tokens, float(temperature), float(top_p), tuple(stop))
-        reqs = [_Request(ids, key) for ids in prompts]
-        for r in reqs:
-            self.queue.put(r)
-        gens = [r.future.result() for r in reqs]
-        n_prompt, n_completion = sum(len(ids) for ids in prompts), sum(len(g.tokens) for g in gens)
-        if chat:
-            choices = [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": gens[0].text},
-                    "finish_reason": gens[0].finish_reason,
-                }
-            ]
-        else:
-            choices = [
-                {"index": j, "text": g.text, "logprobs": None, "finish_reason": g.finish_reason}
-                for j, g in enumerate(gens)
-            ]
-        return {
-            "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
-            "object": "chat.completion" if chat else "text_completion",
-            "created": int(time.time()),
-            "model": self.model_name,
-            "choices": choices,
-            "usage": {
-                "prompt_tokens": n_prompt,
-                "completion_tokens": n_completion,
-                "total_tokens": n_prompt + n_completion,
-            },
-        }
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
-    server: ActorServer
-
-    def log_message(self, fmt, *args):
-        log.debug("%s - %s", self.address_string(), fmt % args)
-
-    def _send(self, status: int, obj: dict):
-        data = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _error(self, e: APIError):
-        kind = "invalid_request_error" if e.status < 500 else "server_error"
-        self._send(e.status, {"error": {"message": e.message, "type": kind, "param": e.param, "code": None}})
-
-    def do_GET(self):
-        if self.path.split("?")[0].rstrip("/") == "/v1/models":
-            model = {"id": self.server.model_name, "object": "model", "created": 0, "owned_by": "retroformer"}
-            return self._send(200, {"object": "list", "data": [model]})
-        self._error(APIError(404, f"unknown path {self.path}; try /v1/models"))
-
-    def do_POST(self):
-        path = self.path.split("?")[0].rstrip("/")
-        try:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            if path not in ("/v1/completions", "/v1/chat/completions"):
-                raise APIError(
-                    404, f"unknown path {path}; this server has /v1/completions, /v1/chat/completions"
-                )
-            try:
-                body = json.loads(body)
-            except ValueError:
-                raise APIError(400, "the request body is not valid JSON") from None
-            self._send(200, self.server.completion(path, body))
-        except APIError as e:
-            self._error(e)
-        except Exception as e:  # noqa: BLE001 - a bug or a failed generate(): tell the client, keep serving
-            log.exception("request failed")
-            self._error(APIError(500, f"internal error: {type(e).__name__}: {e}"))
-
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

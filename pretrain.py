@@ -47,6 +47,7 @@ import actor
 import envs
 import model as modelpy
 import train
+from worlds import scripted
 
 ENVS = ("hotpotqa", "alfworld", "webshop")
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "tiny")
@@ -96,7 +97,7 @@ def scripted_trial(env, i: int, rng: random.Random, memory=()) -> actor.Trajecto
     traj = actor.Trajectory(env.name, i, len(memory), env.reset(i), reflections=list(memory)[-MEMORY_K:])
     done, info = False, {}
     while not done:
-        thought, action = actor.explorer_step(env, rng, plan, [s[1] for s in traj.steps])
+        thought, action = scripted.explorer_step(env, rng, plan, [s[1] for s in traj.steps])
         obs, reward, done, info = env.step(action)
         traj.steps.append((thought, action, obs, float(reward)))
         traj.ret += float(reward)

@@ -39,8 +39,6 @@ import envs
 import model as modelpy
 from actor import (
     HTTPLLM,
-    ExpertLLM,
-    ExplorerLLM,
     LocalLLM,
     build_reflection_prompt,
     few_shot_examples,
@@ -48,6 +46,7 @@ from actor import (
 )
 from lora import apply_lora, disable_lora, lora_report, save_lora
 from ppo import PPOConfig, PPOTrainer, make_rollout, ppo_update
+from worlds.scripted import ExpertLLM, ExplorerLLM
 
 # ----------------------------------------------------------------------------- config
 

@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import actor  # noqa: E402
 import envs  # noqa: E402
+from worlds import scripted  # noqa: E402
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -45,7 +46,7 @@ class Handler(BaseHTTPRequestHandler):
 def serve(env_name, latency, n_envs, port_queue):
     """The stand-in endpoint, run in a child process (no GIL shared with the actor)."""
     make_env = lambda: envs.make(env_name, split="test", seed=0)
-    expert = actor.ExpertLLM(make_env)
+    expert = scripted.ExpertLLM(make_env)
     expert._free[0] += [make_env() for _ in range(n_envs)]  # built up front, not while timing
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads, server.expert, server.latency = True, expert, latency

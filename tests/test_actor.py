@@ -12,8 +12,6 @@ import envs
 import pretrain
 import train
 from actor import (
-    ExpertLLM,
-    ExplorerLLM,
     Trajectory,
     build_prompt,
     build_reflection_prompt,
@@ -23,6 +21,8 @@ from actor import (
     run_trial,
     run_trials,
 )
+from worlds import scripted
+from worlds.scripted import ExpertLLM, ExplorerLLM
 
 
 class FakeEnv:
@@ -359,7 +359,7 @@ def test_webshop_explorer_drops_a_plan_whose_search_found_nothing_that_fits():
     env.reset(i)
     for j, a in enumerate(actions):  # each step after the drop is the memoryless explorer's
         if j > back:
-            assert actor.explorer_step(env, random.Random(1), plan, actions[:j])[1] == \
+            assert scripted.explorer_step(env, random.Random(1), plan, actions[:j])[1] == \
                 env.explorer(random.Random(1))[1]
         env.step(a)
 
@@ -384,7 +384,7 @@ def test_alfworld_explorer_ignores_places_the_room_lacks():
         plan, actions = f"Search {home}, drawer 11 first.", [s[1] for s in traj.steps]
         for j, a in enumerate(actions):
             if j > 0:  # past the plan's one real place: the memoryless explorer's moves
-                assert actor.explorer_step(env, random.Random(1), plan, actions[:j])[1] == \
+                assert scripted.explorer_step(env, random.Random(1), plan, actions[:j])[1] == \
                     env.explorer(random.Random(1))[1]
             env.step(a)
 

@@ -11,7 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from test_actor import FakeEnv
 
-from actor import HTTPLLM, ExpertLLM, LLMError, RolloutError, Trajectory, run_trial, run_trials
+from actor import HTTPLLM, LLMError, RolloutError, Trajectory, run_trial, run_trials
+from worlds.scripted import ExpertLLM
 
 KEY = "sk-test-SECRET-0123456789"
 

@@ -18,7 +18,8 @@ from conftest import random_model
 from test_actor import FakeEnv
 
 import model as M
-from actor import HTTPLLM, STOP, ActorServer, LocalLLM, run_trials
+from actor import HTTPLLM, STOP, LocalLLM, run_trials
+from infra.server import ActorServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]

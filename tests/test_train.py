@@ -14,9 +14,10 @@ import torch
 
 import envs
 import model as M
-from actor import HEADER, REFLECT_HEADER, STOP, ExpertLLM, LLMError
+from actor import HEADER, REFLECT_HEADER, STOP, LLMError
 from lora import lora_modules
 from train import Config, Retrospector, parse_config, rollout, success_counts, train
+from worlds.scripted import ExpertLLM
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

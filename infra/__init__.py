@@ -1,0 +1,2 @@
+"""The plumbing of a run, off the reading path: config parsing, torchrun, resumable checkpoints,
+the OpenAI-compatible server."""

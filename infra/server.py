@@ -1,0 +1,216 @@
+"""An OpenAI-compatible HTTP server for a local model (`python actor.py serve`).
+
+One GPU machine can host the actor for many rollout workers: handler threads queue their requests,
+and one worker thread takes all waiting requests and runs them as one batched generate() call per
+sampling setting. `llm` is an `actor.LocalLLM` (anything with its encode, encode_chat, generate and
+context_window).
+"""
+
+import collections
+import concurrent.futures
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+log = logging.getLogger("retroformer.server")
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param = status, message, param
+
+
+class _Request:
+    def __init__(self, ids, key):
+        self.ids, self.key, self.future = ids, key, concurrent.futures.Future()
+
+
+class ActorServer(ThreadingHTTPServer):
+    """OpenAI-compatible server for a LocalLLM. Handler threads queue their requests; one worker
+    thread takes all waiting requests and runs them as one generate() call per sampling setting."""
+
+    daemon_threads = True
+
+    def __init__(self, llm, model_name: str, host: str = "127.0.0.1", port: int = 8000,
+                 max_batch: int = 64):  # fmt: skip
+        super().__init__((host, port), _Handler)
+        self.llm, self.model_name, self.max_batch = llm, model_name, max_batch
+        self.queue: queue.Queue = queue.Queue()
+        self.n_batches = 0  # generate() calls so far
+        self.worker = threading.Thread(target=self._work, daemon=True)
+        self.worker.start()
+
+    def _work(self):
+        while True:
+            batch = [self.queue.get()]
+            while batch[-1] is not None and len(batch) < self.max_batch:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            groups = collections.defaultdict(list)
+            for req in batch:
+                if req is not None:
+                    groups[req.key].append(req)
+            for (max_tokens, temperature, top_p, stop), reqs in groups.items():
+                try:
+                    gens = self.llm.generate([r.ids for r in reqs], max_tokens, temperature, top_p, stop)
+                except Exception as e:  # noqa: BLE001 - handed to the waiting request threads
+                    gens = [e] * len(reqs)
+                self.n_batches += 1
+                for r, g in zip(reqs, gens, strict=True):
+                    r.future.set_exception(g) if isinstance(g, Exception) else r.future.set_result(g)
+            if batch[-1] is None:
+                return
+
+    def server_close(self):
+        self.queue.put(None)
+        super().server_close()
+
+    def completion(self, path: str, body: dict) -> dict:
+        """Answer a /v1/completions or /v1/chat/completions request body (raises APIError)."""
+        if not isinstance(body, dict):
+            raise APIError(400, "the request body must be a JSON object")
+        if body.get("model", self.model_name) != self.model_name:
+            raise APIError(
+                404,
+                f"The model `{body['model']}` does not exist; this server has `{self.model_name}`",
+                "model",
+            )
+        if body.get("n", 1) != 1:
+            raise APIError(400, "only n=1 is supported", "n")
+        if body.get("stream"):
+            raise APIError(400, "stream=true is not supported", "stream")
+        chat = path.endswith("/chat/completions")
+        max_tokens = body.get(
+            "max_completion_tokens" if chat and "max_completion_tokens" in body else "max_tokens",
+            256 if chat else 16,
+        )
+        temperature, top_p, stop = (
+            body.get("temperature", 1.0),
+            body.get("top_p", 1.0),
+            body.get("stop") or [],
+        )
+        stop = [stop] if isinstance(stop, str) else stop
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            raise APIError(400, f"max_tokens must be a positive integer, got {max_tokens!r}", "max_tokens")
+        if not isinstance(temperature, int | float) or not 0 <= temperature <= 2:
+            raise APIError(400, f"temperature must be in [0, 2], got {temperature!r}", "temperature")
+        if not isinstance(top_p, int | float) or not 0 < top_p <= 1:
+            raise APIError(400, f"top_p must be in (0, 1], got {top_p!r}", "top_p")
+        if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+            raise APIError(400, "stop must be a string or a list of non-empty strings", "stop")
+        if chat:
+            msgs = body.get("messages")
+            if (
+                not isinstance(msgs, list)
+                or not msgs
+                or not all(
+                    isinstance(m, dict)
+                    and isinstance(m.get("role"), str)
+                    and isinstance(m.get("content"), str)
+                    for m in msgs
+                )
+            ):
+                raise APIError(
+                    400,
+                    "messages must be a non-empty list of {role, content} with string content",
+                    "messages",
+                )
+            prompts = [self.llm.encode_chat(msgs)]
+        else:
+            p = body.get("prompt")
+            texts = [p] if isinstance(p, str) else p
+            if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+                raise APIError(400, "prompt must be a string or a non-empty list of strings", "prompt")
+            prompts = [self.llm.encode(t) for t in texts]
+        for ids in prompts:
+            if len(ids) + max_tokens > self.llm.context_window:
+                raise APIError(
+                    400,
+                    f"This model's maximum context length is {self.llm.context_window} tokens; "
+                    f"the prompt has {len(ids)} tokens and max_tokens is {max_tokens}",
+                    "max_tokens",
+                )
+        key = (max_tokens, float(temperature), float(top_p), tuple(stop))
+        reqs = [_Request(ids, key) for ids in prompts]
+        for r in reqs:
+            self.queue.put(r)
+        gens = [r.future.result() for r in reqs]
+        n_prompt, n_completion = sum(len(ids) for ids in prompts), sum(len(g.tokens) for g in gens)
+        if chat:
+            choices = [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": gens[0].text},
+                    "finish_reason": gens[0].finish_reason,
+                }
+            ]
+        else:
+            choices = [
+                {"index": j, "text": g.text, "logprobs": None, "finish_reason": g.finish_reason}
+                for j, g in enumerate(gens)
+            ]
+        return {
+            "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
+            "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": self.model_name,
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": n_prompt,
+                "completion_tokens": n_completion,
+                "total_tokens": n_prompt + n_completion,
+            },
+        }
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
+    server: ActorServer
+
+    def log_message(self, fmt, *args):
+        log.debug("%s - %s", self.address_string(), fmt % args)
+
+    def _send(self, status: int, obj: dict):
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, e: APIError):
+        kind = "invalid_request_error" if e.status < 500 else "server_error"
+        self._send(e.status, {"error": {"message": e.message, "type": kind, "param": e.param, "code": None}})
+
+    def do_GET(self):
+        if self.path.split("?")[0].rstrip("/") == "/v1/models":
+            model = {"id": self.server.model_name, "object": "model", "created": 0, "owned_by": "retroformer"}
+            return self._send(200, {"object": "list", "data": [model]})
+        self._error(APIError(404, f"unknown path {self.path}; try /v1/models"))
+
+    def do_POST(self):
+        path = self.path.split("?")[0].rstrip("/")
+        try:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if path not in ("/v1/completions", "/v1/chat/completions"):
+                raise APIError(
+                    404, f"unknown path {path}; this server has /v1/completions, /v1/chat/completions"
+                )
+            try:
+                body = json.loads(body)
+            except ValueError:
+                raise APIError(400, "the request body is not valid JSON") from None
+            self._send(200, self.server.completion(path, body))
+        except APIError as e:
+            self._error(e)
+        except Exception as e:  # noqa: BLE001 - a bug or a failed generate(): tell the client, keep serving
+            log.exception("request failed")
+            self._error(APIError(500, f"internal error: {type(e).__name__}: {e}"))
