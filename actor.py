@@ -1,33 +1,29 @@
 """The actor: a frozen LLM that solves tasks by ReAct steps (Thought / Action / Observation).
 
-Prompt building and parsing, two LLM backends with one `complete()` method (an OpenAI-compatible
-HTTP endpoint, or a local model.py checkpoint), parallel rollouts logged as JSON Lines, the
-retrospector's prompt, and `python actor.py serve --model PATH`, which exposes a local checkpoint
-over the OpenAI protocol so that one GPU machine can host the actor for many rollout workers.
+Trajectories, the actor's and the retrospector's prompts (with the reflection memory), parsing of the
+actor's completions, episodes run many at a time and logged as JSON Lines, and two LLM backends with
+one `complete()` method: an OpenAI-compatible HTTP endpoint, or a local model.py checkpoint, which
+`python actor.py serve --model PATH` exposes over the OpenAI protocol (infra/server.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import concurrent.futures
 import copy
-import email.utils
-import functools
 import json
 import logging
 import os
-import random
 import re
 import threading
-import time
 from dataclasses import asdict, dataclass, field
 
 import requests
 import torch
 
 import model as modelpy
-from infra.server import ActorServer
+from infra import http, parallel, server
+from infra.prefix_cache import PrefixCache
 
 log = logging.getLogger("retroformer.actor")
 
@@ -95,11 +91,8 @@ REPEATS = "[{n} steps elided that repeat an earlier step's action and observatio
 
 
 def estimate_tokens(text: str) -> int:
-    """Conservative token count when no tokenizer is at hand: one token per 3 UTF-8 bytes.
-
-    BPE vocabularies of current LLMs average ~4 bytes per token on English text, so this overcounts
-    prose by about a third and leaves a margin for numbers, code and the chat template.
-    """
+    """Token count when no tokenizer is at hand: one token per 3 UTF-8 bytes. BPE vocabularies average
+    about 4 bytes per token on English, so this errs long: a margin for numbers, code and chat templates."""
     return len(text.encode("utf-8")) // 3 + 1
 
 
@@ -137,10 +130,9 @@ def _fit(assemble, n_steps: int, n_examples: int, fits) -> str:
     for n_elided, n_ex in [(max(n_steps - 1, 0), x) for x in reversed(range(n_examples))] + [(n_steps, 0)]:
         if fits(text := assemble(n_elided, n_ex)):
             return text
-    raise ValueError(
-        "prompt does not fit the context window even with every step and example left out: "
-        "the instruction and memory alone are too long (raise the context window or lower max_tokens)"
-    )
+    raise ValueError("prompt does not fit the context window even with every step and example left out: "
+                     "the instruction and memory alone are too long "
+                     "(raise the context window or lower max_tokens)")
 
 
 def build_prompt(instruction: str, steps, reflections=(), examples=(), k: int = 3, count_tokens=None,
@@ -189,9 +181,8 @@ def build_reflection_prompt(traj: Trajectory, examples=(), count_tokens=None,
     def assemble(n_elided, n_ex):  # reads `rendered` and `note` as they are when called
         parts = [REFLECT_HEADER + "\n\n"]
         if n_ex:
-            parts.append(
-                "Here are some examples:\n" + "\n\n".join(examples[:n_ex]) + "\n(END OF EXAMPLES)\n\n"
-            )
+            shots = "\n\n".join(examples[:n_ex])
+            parts.append(f"Here are some examples:\n{shots}\n(END OF EXAMPLES)\n\n")
         parts += ["Previous trial:\n", traj.instruction.rstrip("\n") + "\n", note]
         parts += [ELIDED.format(n=n_elided) if n_elided else ""] + rendered[n_elided:]
         return "".join(parts + [outcome, "Reflection:"])
@@ -256,28 +247,6 @@ def parse_action(completion: str) -> tuple[str, str]:
     return " ".join(thoughts), ""
 
 
-@functools.cache
-def few_shot_examples(env_name: str, n: int = 2, seed: int = 0) -> tuple[str, ...]:
-    """Texts of the first n successful expert episodes on the train split of `env_name` (cached)."""
-    import envs  # imported here: envs is only needed for default examples
-
-    env = envs.make(env_name, split="train", seed=seed)
-    out = []
-    for i in range(len(env)):
-        if len(out) == n:
-            break
-        traj, done, info = Trajectory(env_name, i, 0, env.reset(i)), False, {}
-        while not done:
-            thought, action = env.expert()
-            obs, reward, done, info = env.step(action)
-            traj.steps.append((thought, action, obs, float(reward)))
-        if info.get("success"):
-            out.append(traj.text())
-    if len(out) < n:
-        raise RuntimeError(f"few_shot_examples: the {env_name} expert solved only {len(out)} train tasks")
-    return tuple(out)
-
-
 # ----------------------------------------------------------------------------- episodes
 
 
@@ -315,10 +284,9 @@ class Episode:
             self.done = True
 
 
-def run_trial(env, i: int, llm, reflections=(), trial: int = 0, examples=None, k: int = 3,
+def run_trial(env, i: int, llm, reflections=(), trial: int = 0, examples=(), k: int = 3,
               max_tokens: int = 256, temperature: float = 0.0) -> Trajectory:  # fmt: skip
     """Run one trial of the actor on task i of env; raises LLMError if the backend fails."""
-    examples = few_shot_examples(env.name) if examples is None else examples
     ep = Episode(env, i, llm, reflections, trial, examples, k, max_tokens)
     while not ep.done:
         ep.advance(llm.complete([ep.prompt()], max_tokens, temperature, STOP)[0])
@@ -338,7 +306,7 @@ class RolloutError(RuntimeError):
 
 
 def run_trials(make_env, tasks, llm, memories=None, trial: int = 0, log_path=None, concurrency: int = 8,
-               examples=None, k: int = 3, max_tokens: int = 256, temperature: float = 0.0,
+               examples=(), k: int = 3, max_tokens: int = 256, temperature: float = 0.0,
                strict: bool = True, max_consecutive_errors: int = 3,
                log_tags: dict | None = None) -> list[Trajectory]:  # fmt: skip
     """Run one trial on each of `tasks` (task indices), `concurrency` episodes at a time.
@@ -363,127 +331,36 @@ def run_trials(make_env, tasks, llm, memories=None, trial: int = 0, log_path=Non
         raise ValueError(f"run_trials: {len(memories)} memories for {len(tasks)} tasks")
     if concurrency < 1:
         raise ValueError(f"run_trials: concurrency must be >= 1, got {concurrency}")
-    free_envs = [make_env()]
-    env_name = free_envs[0].name
-    if examples is None:
-        examples = few_shot_examples(env_name)
-    results: list[Trajectory | None] = [None] * len(tasks)
-    lock = threading.Lock()
-    state = {"in_a_row": 0, "abort": None}
-    logf = open(log_path, "a", encoding="utf-8") if log_path else None
-
-    def take_env():
-        with lock:
-            return free_envs.pop() if free_envs else None
-
-    def episode(j, env):
-        return Episode(env or make_env(), tasks[j], llm, memories[j], trial, examples, k, max_tokens)
-
-    def finish(j, traj, env=None):
-        with lock:
-            results[j] = traj
-            if env is not None:
-                free_envs.append(env)
-            if logf:
-                logf.write(traj.to_json(**(log_tags or {})) + "\n")
-                logf.flush()
-            state["in_a_row"] = state["in_a_row"] + 1 if traj.error else 0
-            if state["in_a_row"] >= max_consecutive_errors and state["abort"] is None:
-                state["abort"] = (
-                    f"not started: {max_consecutive_errors} episodes in a row failed; last: {traj.error}"
-                )
-
-    def not_started(j):
-        used = list(memories[j])[-k:] if k > 0 else []
-        finish(j, Trajectory(env_name, tasks[j], trial, "", reflections=used, error=state["abort"]))
-
-    try:
-        if getattr(llm, "batched", False):
-            pending, live = collections.deque(range(len(tasks))), []
-            while pending or live:
-                while pending and len(live) < concurrency and state["abort"] is None:
-                    j = pending.popleft()
-                    live.append((j, episode(j, take_env())))
-                if not live:  # aborted
-                    not_started(pending.popleft())
-                    continue
-                try:
-                    outs = llm.complete([ep.prompt() for _, ep in live], max_tokens, temperature, STOP)
-                except LLMError as e:
-                    for _, ep in live:
-                        ep.traj.error, ep.done = str(e), True
-                else:
-                    for (_, ep), out in zip(live, outs, strict=True):
-                        ep.advance(out)
-                for j, ep in [x for x in live if x[1].done]:
-                    finish(j, ep.traj, ep.env)
-                live = [x for x in live if not x[1].done]
-        else:
-
-            def work(j):
-                if state["abort"] is not None:
-                    return not_started(j)
-                ep = episode(j, take_env())
-                try:
-                    while not ep.done:
-                        ep.advance(llm.complete([ep.prompt()], max_tokens, temperature, STOP)[0])
-                except LLMError as e:
-                    ep.traj.error = str(e)
-                finish(j, ep.traj, ep.env)
-
-            with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-                for f in [pool.submit(work, j) for j in range(len(tasks))]:
-                    f.result()  # re-raise bugs (env errors) here
-    finally:
-        if logf:
-            logf.close()
-    errors = [t for t in results if t.error]
+    book = parallel.Book(make_env, len(tasks), log_path, log_tags, max_consecutive_errors)
+    shown = lambda j: list(memories[j])[-k:] if k > 0 else []
+    start = lambda j: Episode(book.take_env(), tasks[j], llm, memories[j], trial, examples, k, max_tokens)
+    void = lambda j: Trajectory(book.env_name, tasks[j], trial, "", reflections=shown(j), error=book.abort)
+    step = lambda eps: llm.complete([ep.prompt() for ep in eps], max_tokens, temperature, STOP)
+    run = parallel.run_batched if getattr(llm, "batched", False) else parallel.run_threaded
+    with book:
+        run(book, range(len(tasks)), start, void, step, concurrency, errors=(LLMError,))
+    errors = [t for t in book.results if t.error]
     if errors:
         reasons = collections.Counter(t.error for t in errors).most_common(3)
-        summary = (
-            f"{len(errors)} of {len(tasks)} episodes failed in the backend (not task failures): "
-            + "; ".join(f"{n}x {r}" for r, n in reasons)
-        )
+        summary = (f"{len(errors)} of {len(tasks)} episodes failed in the backend (not task failures): "
+                   + "; ".join(f"{n}x {r}" for r, n in reasons))  # fmt: skip
         log.error(summary)
         if strict:
-            raise RolloutError(summary, results)
-    return results
+            raise RolloutError(summary, book.results)
+    return book.results
 
 
 # ----------------------------------------------------------------------------- backends
-
-
-def _retry_after(r: requests.Response) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), or None."""
-    v = r.headers.get("Retry-After")
-    if not v:
-        return None
-    try:
-        return max(0.0, float(v))
-    except ValueError:
-        try:
-            return max(0.0, email.utils.parsedate_to_datetime(v).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
-
-
-def _error_message(r: requests.Response) -> str:
-    try:
-        return str(r.json()["error"]["message"])[:500]
-    except (ValueError, KeyError, TypeError):
-        return r.text[:200]
 
 
 class HTTPLLM:
     """An OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp server, Ollama, `actor.py serve`).
 
     api: "completions" (POST {base_url}/completions, the prompt as is) or "chat" (POST
-    {base_url}/chat/completions, the prompt as one user message). The key is read from the
-    environment variable api_key_env (no key is sent when it is unset) and never printed or logged.
-    Retries 429, 5xx, malformed replies, connection errors and timeouts with exponential backoff and
-    jitter, honouring Retry-After; 400/401/404 raise LLMError at once with what to fix. Tokens are
-    counted with `tokenizer` (a model.py Tokenizer) when given, else with estimate_tokens().
-    """
+    {base_url}/chat/completions, the prompt as one user message). The key is read from the environment
+    variable api_key_env (none is sent when it is unset) and never printed or logged. Failures are
+    retried as infra/http.py says; 400/401/404 raise LLMError at once with what to fix. Tokens are
+    counted with `tokenizer` (a model.py Tokenizer) when given, else with estimate_tokens()."""
 
     batched = False
 
@@ -501,12 +378,8 @@ class HTTPLLM:
         self.url = f"{self.base_url}/{'chat/completions' if api == 'chat' else 'completions'}"
         self._key = os.environ.get(api_key_env) or None
         self.tokenizer, self.context_window, self.top_p = tokenizer, context_window, top_p
-        self.timeout, self.max_retries, self.backoff, self.max_backoff = (
-            timeout,
-            max_retries,
-            backoff,
-            max_backoff,
-        )
+        self.timeout, self.max_retries = timeout, max_retries
+        self.backoff, self.max_backoff = backoff, max_backoff
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_concurrency)
         self._local = threading.local()  # one requests.Session per thread
@@ -528,12 +401,8 @@ class HTTPLLM:
         return text.replace(self._key, "***") if self._key else text
 
     def _request(self, prompt: str, max_tokens: int, temperature: float, stop) -> str:
-        body = {
-            "model": self.model,
-            "max_tokens": max_tokens,
-            "temperature": temperature,
-            "top_p": self.top_p,
-        }
+        body = {"model": self.model, "max_tokens": max_tokens, "temperature": temperature,
+                "top_p": self.top_p}
         if stop:
             body["stop"] = list(stop)
         if self.api == "chat":
@@ -543,65 +412,39 @@ class HTTPLLM:
         headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
         if not hasattr(self._local, "session"):
             self._local.session = requests.Session()
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            wait = None
-            try:
-                with self._slots:
-                    r = self._local.session.post(self.url, json=body, headers=headers, timeout=self.timeout)
-            except requests.Timeout:
-                last = f"timed out after {self.timeout} s"
-            except requests.ConnectionError as e:
-                last = f"connection error: {e}"
-            else:
-                if r.status_code == 200:
-                    try:
-                        choice = r.json()["choices"][0]
-                        text = choice["message"]["content"] if self.api == "chat" else choice["text"]
-                        if not isinstance(text, str):
-                            raise TypeError(f"completion text is {type(text).__name__}")
-                        cut = [i for i in (text.find(s) for s in stop) if i >= 0]  # servers that ignore stop
-                        return text[: min(cut)] if cut else text
-                    except (ValueError, KeyError, IndexError, TypeError) as e:
-                        last = f"malformed response ({type(e).__name__}: {e}): {r.text[:200]!r}"
-                elif r.status_code == 429 or r.status_code >= 500:
-                    last, wait = f"HTTP {r.status_code}: {_error_message(r)}", _retry_after(r)
-                else:
-                    raise LLMError(self._scrub(self._fatal(r)))
-            last = self._scrub(last)
-            if attempt == self.max_retries:
-                break
-            if wait is None:
-                wait = min(self.max_backoff, self.backoff * 2**attempt) * random.uniform(0.5, 1.0)
-            log.warning(
-                "POST %s: %s; retry %d/%d in %.2f s", self.url, last, attempt + 1, self.max_retries, wait
-            )
-            time.sleep(wait)
-        raise LLMError(f"POST {self.url} failed after {self.max_retries + 1} attempts; last error: {last}")
+
+        def send():
+            with self._slots:
+                return self._local.session.post(self.url, json=body, headers=headers, timeout=self.timeout)
+
+        def read(r):
+            choice = r.json()["choices"][0]
+            text = choice["message"]["content"] if self.api == "chat" else choice["text"]
+            if not isinstance(text, str):
+                raise TypeError(f"completion text is {type(text).__name__}")
+            cut = [i for i in (text.find(s) for s in stop) if i >= 0]  # servers that ignore stop
+            return text[: min(cut)] if cut else text
+
+        return http.request(send, read, lambda r: LLMError(self._scrub(self._fatal(r))), f"POST {self.url}",
+                            self.max_retries, self.backoff, self.max_backoff, self._scrub, LLMError)
 
     def _fatal(self, r: requests.Response) -> str:
-        msg, code = _error_message(r), r.status_code
+        msg, code = http.error_message(r), r.status_code
         if code in (401, 403):
             state = "set" if self._key else "NOT set"
-            return (
-                f"HTTP {code} from {self.url}: the server rejected the API key; check the environment "
-                f"variable {self.api_key_env} (it is {state}). Server said: {msg}"
-            )
+            return (f"HTTP {code} from {self.url}: the server rejected the API key; check the environment "
+                    f"variable {self.api_key_env} (it is {state}). Server said: {msg}")
         if code == 404:
-            return (
-                f"HTTP 404 from {self.url}: check the base URL ({self.base_url}) and the model name "
-                f"({self.model!r}). Server said: {msg}"
-            )
-        return (
-            f"HTTP {code} from {self.url}: the request was rejected (a prompt longer than the "
-            f"model's context window? an unsupported parameter?). Server said: {msg}"
-        )
+            return (f"HTTP 404 from {self.url}: check the base URL ({self.base_url}) and the model name "
+                    f"({self.model!r}). Server said: {msg}")
+        return (f"HTTP {code} from {self.url}: the request was rejected (a prompt longer than the model's "
+                f"context window? an unsupported parameter?). Server said: {msg}")
 
 
 class LocalLLM:
     """A model.py checkpoint in this process; complete() runs all prompts as one generate() call.
 
-    prefix_cache: keep the keys/values of recent prompts (model.PrefixCache), so that an episode's next
+    prefix_cache: keep the keys/values of recent prompts (infra/prefix_cache.py), so that an episode's next
     step encodes only its new tokens, not the whole prompt again. The model's weights must not change
     while it is on (else call `self.prefix_cache.clear()`).
     """
@@ -610,9 +453,8 @@ class LocalLLM:
 
     def __init__(self, model, tokenizer, top_p: float = 1.0, seed: int = 0, prefix_cache: bool = True):
         self.model, self.tokenizer, self.top_p = model.eval(), tokenizer, top_p
-        # 64 entries: 4x a batch of 16 episodes (the last step of each, plus room for new ones); at most
-        # 2 GiB of keys/values (the tiny actor needs 4 KiB per token, an 8B Llama in bf16 128 KiB)
-        self.prefix_cache = modelpy.PrefixCache(64, max_bytes=2 << 30) if prefix_cache else None
+        # room for the last step of every episode of a few batches; the keys/values capped at 2 GiB
+        self.prefix_cache = PrefixCache(64, max_bytes=2 << 30) if prefix_cache else None
         self.context_window = model.config.max_seq_len
         device = next(model.parameters()).device
         self.generator = torch.Generator(device=device).manual_seed(seed)
@@ -621,9 +463,8 @@ class LocalLLM:
 
     @classmethod
     def load(cls, path, device="cpu", dtype=None, **kw) -> LocalLLM:
-        return cls(
-            modelpy.from_pretrained(path, device=device, dtype=dtype), modelpy.load_tokenizer(path), **kw
-        )
+        model = modelpy.from_pretrained(path, device=device, dtype=dtype)
+        return cls(model, modelpy.load_tokenizer(path), **kw)
 
     def encode(self, text: str) -> list[int]:
         bos = self.tokenizer.bos_id
@@ -641,23 +482,13 @@ class LocalLLM:
         """model.generate on token-id prompts -> list of model.Generation (text, tokens, finish_reason)."""
         for j, p in enumerate(prompts):
             if len(p) + max_tokens > self.context_window:
-                raise ValueError(
-                    f"prompt {j}: {len(p)} tokens + max_tokens {max_tokens} exceed the "
-                    f"context window of {self.context_window} tokens"
-                )
+                raise ValueError(f"prompt {j}: {len(p)} tokens + max_tokens {max_tokens} exceed the "
+                                 f"context window of {self.context_window} tokens")
         with self._lock:
-            return modelpy.generate(
-                self.model,
-                prompts,
-                max_tokens,
-                temperature=temperature,
-                top_p=self.top_p if top_p is None else top_p,
-                stop_ids=self.stop_ids,
-                stop_strings=tuple(stop),
-                tokenizer=self.tokenizer,
-                generator=self.generator,
-                prefix_cache=self.prefix_cache,
-            )
+            return modelpy.generate(self.model, prompts, max_tokens, temperature=temperature,
+                                    top_p=self.top_p if top_p is None else top_p, stop_ids=self.stop_ids,
+                                    stop_strings=tuple(stop), tokenizer=self.tokenizer,
+                                    generator=self.generator, prefix_cache=self.prefix_cache)  # fmt: skip
 
     def complete(self, prompts: list[str], max_tokens: int = 256, temperature: float = 0.0,
                  stop=STOP) -> list[str]:  # fmt: skip
@@ -665,34 +496,5 @@ class LocalLLM:
         return [g.text for g in gens]
 
 
-# ----------------------------------------------------------------------------- server
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("serve", help="serve a local checkpoint over the OpenAI-compatible protocol")
-    s.add_argument("--model", required=True, help="checkpoint directory (Hugging Face or Meta layout)")
-    s.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--name", default=None, help="model name clients send (default: the directory name)")
-    s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    s.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
-    s.add_argument("--max-batch", type=int, default=64, help="most requests in one generate() call")
-    s.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    llm = LocalLLM.load(args.model, device=args.device, dtype=dtype, seed=args.seed)
-    name = args.name or os.path.basename(os.path.normpath(args.model))
-    server = ActorServer(llm, name, args.host, args.port, args.max_batch)
-    log.info("serving %s as %r on http://%s:%d/v1", args.model, name, args.host, server.server_address[1])
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-
-
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # python actor.py serve --model PATH: this checkpoint over the OpenAI protocol
+    server.main(LocalLLM.load)

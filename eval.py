@@ -14,7 +14,7 @@ ci95_by_trial[k] = 1.96 * sample std over seeds / sqrt(n_seeds) (a normal interv
 with one seed). Tasks whose episode failed in the backend are left out (n_void). Writes
 out_dir/eval.json, prints a markdown table and draws the curves in out_dir/eval.svg.
 Every trial is logged to out_dir/eval_episodes.jsonl with its seed and method ("shared": trial 0).
---eval_split=val runs a validation slice of the train split instead of test (train.VAL_FIRST on;
+--eval_split=val runs a validation slice of the train split instead of test (envs.VAL_FIRST on;
 neither PPO nor pretrain.py reads it): choose settings there, without looking at the test tasks.
 """
 
@@ -27,30 +27,17 @@ from xml.sax.saxutils import escape
 import numpy as np
 import torch
 
-from actor import few_shot_examples
+import envs
+import train
 from lora import load_lora
-from train import (
-    Config,
-    Retrospector,
-    actor_trials,
-    build_actor,
-    command_line_config,
-    derive_seed,
-    ensure_checkpoints,
-    env_factory,
-    env_names,
-    eval_task_ids,
-    reseed_actor,
-    rollout,
-    success_counts,
-)
+from worlds.scripted import few_shot_examples
 
 METHODS = ("react", "reflexion", "retroformer")
 
 
-def evaluate(cfg: Config, actor_llm, retrospector, make_env=None, log_path=None) -> dict:
+def evaluate(cfg: train.Config, actor_llm, retrospector, make_env=None, log_path=None) -> dict:
     """{"<env>": {"<method>": {"success_by_trial", "ci95_by_trial", "n_tasks", "seeds", "n_void"}}}."""
-    cfg = dataclasses.replace(cfg, max_trials=cfg.eval_trials)  # rollout() runs max_trials trials
+    cfg = dataclasses.replace(cfg, max_trials=cfg.eval_trials)  # train.rollout() runs max_trials trials
     methods = [m.strip() for m in cfg.eval_methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
@@ -58,25 +45,26 @@ def evaluate(cfg: Config, actor_llm, retrospector, make_env=None, log_path=None)
     seeds = [int(s) for s in cfg.eval_seeds.split(",") if s.strip()]
     if not seeds:
         raise ValueError("config key 'eval_seeds' is empty: give e.g. 0,1,2")
-    make_env = make_env or (lambda name, split: env_factory(cfg, name, split))
+    make_env = make_env or (lambda name, split: train.env_factory(cfg, name, split))
     device = next(retrospector.model.parameters()).device if retrospector is not None else "cpu"
     results = {}
-    for name in env_names(cfg):
+    for name in train.env_names(cfg):
         factory = make_env(name, cfg.eval_split)
-        tasks = eval_task_ids(cfg, len(factory()))
+        tasks = envs.task_ids(cfg.eval_split, len(factory()), cfg.eval_tasks)
         examples = few_shot_examples(name, cfg.n_examples) if cfg.n_examples else ()
         curves = {m: [] for m in methods}  # method -> per seed, success fraction by trial
         voids = {m: 0 for m in methods}
         for seed in seeds:
-            reseed_actor(actor_llm, derive_seed(seed, name, "trial0"))
-            first = actor_trials(factory, tasks, actor_llm, cfg, examples=examples, log_path=log_path,
+            train.reseed_actor(actor_llm, train.derive_seed(seed, name, "trial0"))
+            first = train.actor_trials(factory, tasks, actor_llm, cfg, examples=examples, log_path=log_path,
                                  tag={"seed": seed, "method": "shared"})  # fmt: skip
             for m in methods:
-                reseed_actor(actor_llm, derive_seed(seed, name, m, "actor"))
-                gen = torch.Generator(device=device).manual_seed(derive_seed(seed, name, m, "reflect"))
-                _, history = rollout(factory, tasks, actor_llm, retrospector, cfg, m, examples, gen, log_path,
-                                     tag={"seed": seed, "method": m}, first=first)  # fmt: skip
-                solved, n, void = success_counts(history, cfg.max_trials)
+                train.reseed_actor(actor_llm, train.derive_seed(seed, name, m, "actor"))
+                gen = torch.Generator(device=device).manual_seed(train.derive_seed(seed, name, m, "reflect"))
+                tag = {"seed": seed, "method": m}
+                _, history = train.rollout(factory, tasks, actor_llm, retrospector, cfg, m, examples, gen,
+                                           log_path, tag=tag, first=first)  # fmt: skip
+                solved, n, void = train.success_counts(history, cfg.max_trials)
                 curves[m].append([s / n if n else float("nan") for s in solved])
                 voids[m] += void
         results[name] = {}
@@ -163,13 +151,13 @@ def plot(results: dict, path: str) -> None:
 
 
 def main(argv=None):
-    cfg = command_line_config(argv)
-    ensure_checkpoints(cfg)
+    cfg = train.command_line_config(argv)
+    train.ensure_checkpoints(cfg)
     torch.manual_seed(cfg.seed)
-    actor_llm = build_actor(cfg, cfg.device)
+    actor_llm = train.build_actor(cfg, cfg.device)
     retrospector = None
     if {"reflexion", "retroformer"} & set(cfg.eval_methods.split(",")):
-        retrospector = Retrospector.load(cfg, cfg.device, lora=False)
+        retrospector = train.Retrospector.load(cfg, cfg.device, lora=False)
         adapters = os.path.join(cfg.out_dir, "adapters.pt")
         if not os.path.exists(adapters):
             raise SystemExit(f"{adapters} not found: run train.py with out_dir={cfg.out_dir!r} first")

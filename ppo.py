@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from infra import ddp
 from lora import disable_lora
 
 
@@ -289,12 +290,24 @@ class PPOTrainer:
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
         self.generator = torch.Generator().manual_seed(seed)  # minibatch shuffling
+        self.policy, self.critic = self.model, self.value_head  # what the update runs through
+
+    def distribute(self):
+        """Run updates under DistributedDataParallel (torchrun): gradients of the adapters and the value
+        head, the only trainable parameters, are averaged over ranks, so every rank keeps the same ones."""
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        device = next(self.model.parameters()).device
+        ids = [device.index] if device.type == "cuda" else None
+        self.policy, self.critic = DDP(self.model, device_ids=ids), DDP(self.value_head, device_ids=ids)
 
     def step(self, prompts: list[list[int]], responses: list[list[int]], rewards) -> dict:
-        """One PPO update from B (prompt ids, reflection ids, reward) triples; returns metrics."""
+        """One PPO update from B (prompt ids, reflection ids, reward) triples, this rank's share under
+        torchrun; returns metrics, averaged over ranks."""
         batch = make_rollout(self.model, self.value_head, prompts, responses, rewards,
                              micro_batch_size=self.cfg.micro_batch_size)
-        metrics = ppo_update(self.model, self.value_head, self.optimizer, batch, self.cfg,
+        metrics = ppo_update(self.policy, self.critic, self.optimizer, batch, self.cfg,
                              self.kl_ctl.value, self.generator)
-        self.kl_ctl.update(metrics["kl_ref"], n_steps=len(batch))
+        metrics = ddp.mean_over_ranks(metrics, next(self.model.parameters()).device)
+        self.kl_ctl.update(metrics["kl_ref"], n_steps=len(batch) * ddp.world_size())
         return metrics

@@ -4,7 +4,7 @@
     python pretrain.py --role retrospector  # one of the two (run both roles in two shells: ~2x faster)
     python pretrain.py --measure 30         # success on 30 test tasks per env: no / right / wrong memory
 
-1. A small byte-level BPE vocabulary (model.train_bpe) built from the environments' train-split text,
+1. A small byte-level BPE vocabulary (formats.bpe.train_bpe) built from the environments' train-split text,
    with a split pattern (SPLIT_PATTERN) that spells names and product ids with short, frequent pieces.
 2. An induction warm-up: ~1100 steps on random token strings written twice (induction_sequences), so
    the model learns to copy from its prompt before it sees the scripted data. Without it the tiny
@@ -21,7 +21,7 @@
    appears in the trial but is the wrong one). The frozen retrospector is then a weak Reflexion
    baseline whose sampled reflections are right about P_CORRECT of the time; PPO can raise that.
    Its pairs include a name drill (N_NAMES_DRILL): HotPotQA tasks whose names come from an inventory
-   neither split uses (envs.HotpotQAEnv names=1), so that it copies the names of its prompt rather
+   neither split uses (worlds.hotpotqa.HotpotQAEnv names=1), so that it copies the names of its prompt rather
    than writing the ones it has learned.
 
 Actor and retrospector are two tiny Llamas with one vocabulary, both from the same warm-up; the actor
@@ -47,7 +47,8 @@ import actor
 import envs
 import model as modelpy
 import train
-from worlds import scripted
+from formats.bpe import train_bpe
+from worlds import alfworld, scripted, webshop
 
 ENVS = ("hotpotqa", "alfworld", "webshop")
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "tiny")
@@ -67,7 +68,7 @@ CONTEXT = 768
 
 def examples(env_name: str) -> tuple[str, ...]:
     """The actor's few-shot examples, as train.py / eval.py build them (none by default)."""
-    return actor.few_shot_examples(env_name, CFG.n_examples) if CFG.n_examples else ()
+    return scripted.few_shot_examples(env_name, CFG.n_examples) if CFG.n_examples else ()
 
 
 P_CORRECT = 0.3  # share of correct reflections in the retrospector's training targets
@@ -139,7 +140,7 @@ def wrong_reflection(env, traj, right: str | None, rng: random.Random) -> str:
         cause = rng.choice(["I answered too quickly.", "I did not read the pages carefully."])
         return f"{cause} Plan: {', then '.join(f'Search[{n}]' for n in name or seen[:1])}, then answer."
     if env.name == "alfworld":
-        recs = envs._alf_recs(traj.instruction)
+        recs = alfworld.receptacles(traj.instruction)
         if right:
             out = right
             for r in re.findall(r" is at (\w+ \d+)\.", right):
@@ -149,7 +150,8 @@ def wrong_reflection(env, traj, right: str | None, rng: random.Random) -> str:
                 checked = re.findall(r"(?:go to|open) (\w+ \d+)", text)
                 checked = [r for r in checked if r in recs]
                 pick = rng.sample(checked, min(len(checked), rng.randint(1, 3))) if checked else recs[:2]
-                out = out.replace(m[0], f"Search {envs._alf_ranges(sorted(set(pick), key=recs.index))} first")
+                ranges = alfworld.format_ranges(sorted(set(pick), key=recs.index))
+                out = out.replace(m[0], f"Search {ranges} first")
             out = re.sub(r" ?Use an? \w+, not an? \w+\.", "", out) if rng.random() < 0.5 else out
             if out != right:
                 return out.strip()
@@ -159,7 +161,7 @@ def wrong_reflection(env, traj, right: str | None, rng: random.Random) -> str:
     # webshop: the plan's one decision is the item, so a wrong plan opens a wrong one
     target = env.tasks[traj.task]["target"]  # the item that fits: never "wrong" by chance (training data)
     asins = [a for a in dict.fromkeys(re.findall(r"^\[(B0[A-Z0-9]{8})\]$", text, re.M)) if a != target]
-    m = envs._WS_PLAN.search(right or "")
+    m = webshop.PLAN_RE.search(right or "")
     if m and m["asin"]:  # only the options were wrong: leave the right item, or open another result
         other = _swap(rng, asins, m["asin"])
         wrong = f"open {other}" if other and rng.random() < 0.5 else \
@@ -171,8 +173,8 @@ def wrong_reflection(env, traj, right: str | None, rng: random.Random) -> str:
             return right[: m.start("open")] + f"open {other}" + right[m.end("open") :]
     if not asins:
         return "I did not find the item. Next time: open the first result that fits the instruction" + \
-            envs.WS_PLAN_END
-    return f"I chose the wrong item. Next time: open {asins[0]}{envs.WS_PLAN_END}"
+            webshop.PLAN_END
+    return f"I chose the wrong item. Next time: open {asins[0]}{webshop.PLAN_END}"
 
 
 # ----------------------------------------------------------------------------- training data
@@ -187,7 +189,7 @@ def make_trials(seed: int, n_tasks: dict, p_correct: float = P_CORRECT, names: i
     Per task: a memoryless trial; if it fails, a trial following the right plan and one following a
     wrong plan; if that one fails too, a third trial whose memory adds a new (right or wrong) reflection.
     Each failed trial gives the retrospector one pair, the reflection right with probability p_correct.
-    n_tasks: {env: count}, for the envs it names. names: HotPotQA's name inventory (envs.HotpotQAEnv).
+    n_tasks: {env: count}, for the envs it names. names: HotPotQA's name inventory (HotpotQAEnv's).
     """
     rng = random.Random(f"{seed}/names{names}" if names else seed)
     episodes, pairs = [], []
@@ -261,7 +263,7 @@ def build_tokenizer(episodes, pairs, vocab_size: int = VOCAB):
         texts += [actor.format_memory(t.reflections, MEMORY_K), t.instruction]
         texts += [actor.render_step(*s[:3]) for s in t.steps]
     texts += [r for _, r in pairs]
-    return modelpy.train_bpe(texts, vocab_size, pat_str=SPLIT_PATTERN)
+    return train_bpe(texts, vocab_size, pat_str=SPLIT_PATTERN)
 
 
 def batches(seqs, max_tokens: int, rng: random.Random):
@@ -369,7 +371,7 @@ def save(model, tok, path):
 
 
 N_TASKS = {"hotpotqa": 2400, "alfworld": 1500, "webshop": 1800}
-# HotPotQA tasks whose names come from envs' extra inventory 1, for the retrospector only (a name-copy
+# HotPotQA tasks whose names come from the extra inventory 1, for the retrospector only (a name-copy
 # drill): trained on the train split's names alone, it wrote test names with the train split's endings
 # ('Ginono' -> 'Ginona'), and its plans named pages that exist for 8% of failed test trials (43% on
 # train-split names). The actor's data and the tokenizer do not use them.

@@ -13,22 +13,21 @@ Per update (one epoch of the paper's algorithm box):
 
 One LoRA is trained over all environments of `envs`; eval.py reports each environment.
 Files in out_dir: replay.jsonl (every reflection and its reward, appended as made), episodes.jsonl
-(every trial, from actor.run_trials), metrics.jsonl (one line per update), ckpt.pt (adapters, value
-head, optimizer, RNG states, step) and adapters.pt (lora.save_lora, what eval.py loads).
-With torchrun, ranks > 0 write replay.rank{r}.jsonl / episodes.rank{r}.jsonl; rank 0 the rest.
+(every trial), metrics.jsonl (one line per update), ckpt.pt (everything --resume needs) and
+adapters.pt (what eval.py loads). With torchrun, ranks > 0 write replay.rank{r}.jsonl and
+episodes.rank{r}.jsonl; rank 0 the rest.
 """
 
 import contextlib
-import copy
-import functools
 import json
 import os
 import random
+import subprocess
 import sys
 import time
 import uuid
 import zlib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -37,16 +36,14 @@ from tqdm import tqdm
 
 import envs
 import model as modelpy
-from actor import (
-    HTTPLLM,
-    LocalLLM,
-    build_reflection_prompt,
-    few_shot_examples,
-    run_trials,
-)
-from lora import apply_lora, disable_lora, lora_report, save_lora
-from ppo import PPOConfig, PPOTrainer, make_rollout, ppo_update
-from worlds.scripted import ExpertLLM, ExplorerLLM
+from actor import HTTPLLM, LocalLLM, build_reflection_prompt, run_trials
+from infra import config as configurator
+from infra import ddp, runstate
+from lora import apply_lora, disable_lora, lora_report
+from ppo import PPOConfig, PPOTrainer
+from worlds.scripted import ExpertLLM, ExplorerLLM, few_shot_examples
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
 
 # ----------------------------------------------------------------------------- config
 
@@ -58,25 +55,22 @@ class Config:
     seed: int = 0
     resume: bool = False  # continue from out_dir/ckpt.pt
     device: str = "cpu"  # "cuda" on a GPU (torchrun: cuda:LOCAL_RANK)
-    dtype: str = "float32"  # bfloat16 | float16 | float32 (frozen weights; LoRA stays float32)
+    dtype: str = "float32"  # bfloat16 | float16 | float32: the frozen weights; LoRA stays float32
     progress: bool = True  # tqdm bars
-    threads: int = 0  # torch CPU threads; 0 = torch's default (one per core). 1 is faster on a busy CPU
+    threads: int = 0  # torch CPU threads; 0 = torch's default (one per core)
     # environments
     envs: str = "hotpotqa,alfworld,webshop"
     env_seed: int = 0  # the generated world (train and test splits never overlap)
     env_options: str = '{"alfworld": {"max_steps": 25}}'  # JSON {env: {option: value}} for envs.make
     # actor (frozen)
-    # local (model.py checkpoint) | http (OpenAI-compatible server) | expert (scripted, solves all) |
-    # explorer (scripted, follows the last reflection's plan: actor.ExplorerLLM). The offline default
-    # is explorer: the tiny actor of checkpoints/tiny/actor does not yet follow a plan (README)
-    actor: str = "explorer"
-    actor_path: str = "checkpoints/tiny/actor"
-    actor_url: str = "http://127.0.0.1:8000/v1"
-    actor_model: str = "default"
+    actor: str = "explorer"  # local (model.py) | http (OpenAI-compatible) | expert | explorer (scripted)
+    actor_path: str = "checkpoints/tiny/actor"  # actor=local
+    actor_url: str = "http://127.0.0.1:8000/v1"  # actor=http
+    actor_model: str = "default"  # actor=http: the model name the server knows
     actor_api: str = "completions"  # completions | chat
-    actor_api_key_env: str = "OPENAI_API_KEY"
-    actor_context_window: int = 8192  # http only; local reads max_seq_len
-    actor_max_tokens: int = 64
+    actor_api_key_env: str = "OPENAI_API_KEY"  # the environment variable holding the key
+    actor_context_window: int = 8192  # actor=http; a local actor reads max_seq_len
+    actor_max_tokens: int = 64  # per ReAct step
     actor_temperature: float = 0.0
     concurrency: int = 16  # episodes in flight (one batch for a local actor)
     n_examples: int = 0  # few-shot examples in the actor's prompt
@@ -93,19 +87,13 @@ class Config:
     lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
     # loop
     updates: int = 15  # each: one rollout epoch, then one PPO update
-    # training tasks sampled per environment per update. 48 with 2 PPO epochs costs what 32 with 4 did,
-    # and fresh reflections beat re-used ones on validation (README, The offline default)
-    tasks_per_env: int = 48
-    # trials per task in training: trial 0, then retries after reflections. 3, as eval_trials: a second
-    # reflection reads a trial that followed a plan, and is trained only if training makes it too
-    max_trials: int = 3
-    # a reflection's reward. return: G(k+1) - G(k), the paper's. success: 1[solved at k+1] - 1[solved at
-    # k], the same where returns are 0/1, but not in WebShop, whose return is a partial score
-    reward: str = "return"
+    tasks_per_env: int = 48  # training tasks sampled per environment per update
+    max_trials: int = 3  # trials per task: trial 0, then retries after reflections (as eval_trials)
+    reward: str = "return"  # return: G(k+1) - G(k), the paper's | success: the change of success
     checkpoint_every: int = 1  # updates
     # PPO (ppo.PPOConfig)
     lr: float = 5e-4
-    ppo_epochs: int = 2  # passes over each update's reflections
+    ppo_epochs: int = 2  # passes over each update's reflections: fewer and fresher beats re-used
     minibatch_size: int = 8
     micro_batch_size: int = 4
     clip_eps: float = 0.2
@@ -115,64 +103,16 @@ class Config:
     target_kl: float = 0.0  # > 0: adaptive KL coefficient (Ziegler et al.); 0: fixed
     max_grad_norm: float = 1.0
     # eval.py
-    eval_tasks: int = 100  # first N test tasks per env (all of HotPotQA and WebShop, 100 of ALFWorld 134)
-    # test | val. val: eval_tasks train-split tasks from VAL_FIRST on, which neither PPO (the first
-    # len(train env)) nor pretrain.py reads: for choosing settings without looking at the test tasks
-    eval_split: str = "test"
-    eval_trials: int = 3  # trials per task in eval.py (train.py: max_trials)
+    eval_tasks: int = 100  # the first N test tasks per env
+    eval_split: str = "test"  # test | val: VAL_FIRST on of the train split, to choose settings on
+    eval_trials: int = 3  # trials per task in eval.py
     eval_seeds: str = "0,1,2"
     eval_methods: str = "react,reflexion,retroformer"
 
 
-def _typed(key: str, value, source: str, text: bool = False):
-    """`value` (a Python value, or command-line text) as the type of Config.<key>; a clear error otherwise."""
-    types = {f.name: f.type for f in fields(Config)}
-    if key not in types:
-        raise ValueError(f"unknown config key {key!r} ({source}); valid keys: {', '.join(types)}")
-    want = types[key]
-    if text and want is not str:
-        v = value.strip().lower()
-        try:
-            if want is bool:
-                if v not in ("true", "false", "1", "0"):
-                    raise ValueError
-                return v in ("true", "1")
-            return want(v)
-        except ValueError:
-            raise ValueError(f"config key {key!r} ({source}) must be {want.__name__}, "
-                             f"got {value!r}") from None
-    ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
-    if want is float and isinstance(value, int) and not isinstance(value, bool):
-        value, ok = float(value), True
-    if not ok:
-        raise ValueError(f"config key {key!r} ({source}) must be {want.__name__}, got {value!r}")
-    return value
-
-
 def parse_config(argv) -> Config:
-    """Config from defaults, then each argument in order: a config file (Python `key = value`
-    assignments; names starting with '_' and imported modules are not keys) or --key=value."""
-    cfg = Config()
-    for arg in argv:
-        if arg.startswith("--"):
-            key, eq, value = arg[2:].partition("=")
-            key = key.replace("-", "_")
-            if not eq:  # a bare --flag sets a bool key to true
-                types = {f.name: f.type for f in fields(Config)}
-                if types.get(key, bool) is not bool:
-                    raise ValueError(f"config key {key!r} needs a value: --{key}=VALUE")
-                value = "true"
-            setattr(cfg, key, _typed(key, value, arg, text=True))
-        else:
-            if not os.path.isfile(arg):
-                raise ValueError(f"config file {arg!r} not found (arguments are config files or --key=value)")
-            namespace = {}
-            with open(arg) as f:
-                exec(compile(f.read(), arg, "exec"), namespace)  # noqa: S102 - the user's own config file
-            for key, value in namespace.items():
-                if key.startswith("_") or type(value).__name__ == "module":
-                    continue
-                setattr(cfg, key, _typed(key, value, f"in {arg}"))
+    """Config from defaults, then each argument in order: a config file or --key=value (infra/config.py)."""
+    cfg = configurator.parse(Config, argv)
     for key in ("updates", "tasks_per_env", "max_trials", "checkpoint_every", "concurrency", "eval_tasks",
                 "eval_trials"):
         if getattr(cfg, key) < 1:
@@ -182,6 +122,20 @@ def parse_config(argv) -> Config:
     if cfg.eval_split not in ("test", "val"):
         raise ValueError(f"config key 'eval_split' must be test or val, got {cfg.eval_split!r}")
     return cfg
+
+
+def command_line_config(argv=None) -> Config:
+    """parse_config on the command line (or argv); a config error exits with its message."""
+    try:
+        cfg = parse_config(sys.argv[1:] if argv is None else argv)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    return cfg
+
+
+# ----------------------------------------------------------------------------- environments
 
 
 def env_options(cfg: Config) -> dict:
@@ -199,45 +153,9 @@ def env_names(cfg: Config) -> list[str]:
     return [n.strip() for n in cfg.envs.split(",") if n.strip()]
 
 
-# The validation tasks: train-split task ids from here on. pretrain.py reads the ids after the default
-# train env's (200 / 134 / 100) up to that plus its N_TASKS (2400 at most): tests/test_pretrain.py checks
-# that they end before VAL_FIRST.
-VAL_FIRST = 3000
-
-
-@functools.lru_cache(maxsize=4)
-def _val_env(name: str, seed: int, opts_json: str, n_tasks: int):
-    """One generated val env per (env, seed, options, size): build_actor's scripted actor and eval.py's
-    factory both need it, and generating it takes seconds. Callers copy it, never step it."""
-    return envs.make(name, "train", seed, **{**json.loads(opts_json), "n_tasks": n_tasks})
-
-
 def env_factory(cfg: Config, name: str, split: str):
-    """A factory of `name`'s env on `split`: train, test, or val (the train split grown to hold
-    VAL_FIRST + eval_tasks tasks; eval_task_ids() gives the ids to run)."""
-    opts = env_options(cfg).get(name, {})
-    if split == "val":  # the train split, grown to hold the validation tasks
-        if name == "hotpotqa" and "source" not in opts:
-            # names that no model was trained on (envs' inventory 2), as test's: on the train split's
-            # names, which pretrain.py's retrospector has seen, val overstated it (README, Results)
-            opts = {"names": 2, **opts}
-        template = _val_env(name, cfg.env_seed, json.dumps(opts, sort_keys=True), VAL_FIRST + cfg.eval_tasks)
-        # 3,000+ tasks take seconds to generate, and run_trials makes an env per concurrent episode:
-        # copies share the task list, read-only (reset() rebinds every piece of episode state)
-        return lambda: copy.copy(template)
-    envs.make(name, split, cfg.env_seed, **opts)  # fail here, not in a worker thread, on a bad option
-    return lambda: envs.make(name, split, cfg.env_seed, **opts)
-
-
-def eval_task_ids(cfg: Config, n_env: int) -> list[int]:
-    """The task ids eval.py runs in an env of n_env tasks built by env_factory(cfg, name, cfg.eval_split)."""
-    if cfg.eval_split != "val":  # test (parse_config rejects other values, envs.make other splits)
-        return list(range(min(cfg.eval_tasks, n_env)))
-    if n_env <= VAL_FIRST:
-        raise ValueError(f"eval_split=val: the train split has {n_env} tasks, none from "
-                         f"VAL_FIRST={VAL_FIRST} on (a data file too small for a validation slice?); "
-                         "use eval_split=test")
-    return list(range(VAL_FIRST, n_env))
+    """A factory of `name`'s env on `split` (train, test or val) with the configured seed and options."""
+    return envs.factory(name, split, cfg.env_seed, cfg.eval_tasks, **env_options(cfg).get(name, {}))
 
 
 def derive_seed(*parts) -> int:
@@ -246,11 +164,11 @@ def derive_seed(*parts) -> int:
     return zlib.crc32("/".join(map(str, parts)).encode())
 
 
-# ----------------------------------------------------------------------------- models
+# ----------------------------------------------------------------------------- actor and retrospector
 
 
 def ensure_checkpoints(cfg: Config):
-    """Build the tiny offline checkpoints with pretrain.py when a default path is missing."""
+    """Build the tiny offline checkpoints with `python pretrain.py` when a default path is missing."""
     paths = [cfg.retrospector_path] + ([cfg.actor_path] if cfg.actor == "local" else [])
     missing = [p for p in paths if not os.path.isdir(p)]
     if not missing:
@@ -258,12 +176,8 @@ def ensure_checkpoints(cfg: Config):
     defaults = {Config.actor_path, Config.retrospector_path}
     if any(p not in defaults for p in missing):
         raise FileNotFoundError(f"no checkpoint folder {missing[0]!r} (set actor_path / retrospector_path)")
-    try:
-        import pretrain  # issue #7: trains the tiny actor and retrospector from scratch
-    except ImportError as e:
-        raise SystemExit(f"{missing} missing, and pretrain.py (builds them) cannot be imported: {e}") from e
-    print(f"{missing} missing: running pretrain.main() to build the tiny checkpoints first")
-    pretrain.main([])  # [] : not our command line
+    print(f"{missing} missing: running pretrain.py to build the tiny checkpoints first")
+    subprocess.run([sys.executable, os.path.join(ROOT, "pretrain.py")], check=True)
 
 
 def torch_dtype(cfg: Config):
@@ -433,103 +347,7 @@ def success_counts(history: dict, max_trials: int) -> tuple[list[int], int, int]
     return solved, n, void
 
 
-# ----------------------------------------------------------------------------- distributed
-
-
-def init_distributed(cfg: Config):
-    """(rank, world, device); torchrun sets WORLD_SIZE > 1: gloo on CPU, nccl on GPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = cfg.device
-    if world == 1:
-        return 0, 1, device
-    if device.startswith("cuda"):
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    return dist.get_rank(), world, device
-
-
-def all_gather(obj, world: int) -> list:
-    if world == 1:
-        return [obj]
-    out = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def shard_for_rank(records: list, rank: int, world: int) -> list:
-    """This rank's equal share of all ranks' records. DDP needs the same number of backward passes on
-    every rank, so the list is padded to a multiple of `world` by repeating its first records (at most
-    world - 1 reflections count twice in an update)."""
-    if world == 1:
-        return records
-    pad = (-len(records)) % world
-    records = records + [records[j % len(records)] for j in range(pad)]
-    return records[rank::world]
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def rng_state(trainer) -> dict:
-    np_state = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-             "torch": torch.get_rng_state(), "ppo": trainer.generator.get_state()}  # fmt: skip
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict, trainer):
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
-    torch.set_rng_state(state["torch"])
-    trainer.generator.set_state(state["ppo"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _atomic(save, path):
-    tmp = f"{path}.tmp{os.getpid()}"
-    save(tmp)
-    os.replace(tmp, path)  # a reader (or a resume after a kill) sees the old file or the new one
-
-
-def save_checkpoint(out_dir: str, update: int, cfg: Config, retrospector, trainer):
-    model = retrospector.model
-    state = {"update": update, "config": asdict(cfg), "kl_coef": trainer.kl_ctl.value,
-             "lora": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
-             "value_head": trainer.value_head.state_dict(), "optimizer": trainer.optimizer.state_dict(),
-             "rng": rng_state(trainer)}  # fmt: skip
-    _atomic(lambda p: torch.save(state, p), os.path.join(out_dir, "ckpt.pt"))
-    _atomic(lambda p: save_lora(model, p), os.path.join(out_dir, "adapters.pt"))
-
-
-def load_checkpoint(path: str, retrospector, trainer) -> int:
-    """Restore adapters, value head, optimizer, KL coefficient and RNG states; returns the update."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    params = {n: p for n, p in retrospector.model.named_parameters() if p.requires_grad}
-    if set(params) != set(state["lora"]):
-        diff = sorted(set(params) ^ set(state["lora"]))[:5]
-        raise ValueError(f"{path}: its adapters do not match the model's (lora_r / lora_targets changed?): "
-                         f"{diff}")  # fmt: skip
-    with torch.no_grad():
-        for n, p in params.items():
-            if p.shape != state["lora"][n].shape:
-                raise ValueError(f"{path}: tensor {n!r} has shape {tuple(state['lora'][n].shape)}, "
-                                 f"the model's is {tuple(p.shape)} (lora_r changed?)")  # fmt: skip
-            p.copy_(state["lora"][n])
-    trainer.value_head.load_state_dict(state["value_head"])
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    trainer.kl_ctl.value = state["kl_coef"]
-    set_rng_state(state["rng"], trainer)
-    return state["update"]
-
-
-# ----------------------------------------------------------------------------- PPO
+# ----------------------------------------------------------------------------- training
 
 
 def ppo_config(cfg: Config) -> PPOConfig:
@@ -539,33 +357,12 @@ def ppo_config(cfg: Config) -> PPOConfig:
                      max_grad_norm=cfg.max_grad_norm)  # fmt: skip
 
 
-def ppo_step(trainer, policy, value_head, records, world: int) -> dict:
-    """PPOTrainer.step with the update run through `policy` / `value_head` (DDP-wrapped when world > 1,
-    so gradients are averaged over ranks) and metrics averaged over ranks."""
-    batch = make_rollout(trainer.model, trainer.value_head, [r["prompt_ids"] for r in records],
-                         [r["reflection_ids"] for r in records], [r["reward"] for r in records],
-                         micro_batch_size=trainer.cfg.micro_batch_size)  # fmt: skip
-    metrics = ppo_update(policy, value_head, trainer.optimizer, batch, trainer.cfg, trainer.kl_ctl.value,
-                         trainer.generator)  # fmt: skip
-    if world > 1:
-        keys = sorted(metrics)
-        t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
-        dist.all_reduce(t)
-        metrics = dict(zip(keys, (t / world).tolist(), strict=True))
-    trainer.kl_ctl.update(metrics["kl_ref"], n_steps=len(batch) * world)
-    return metrics
-
-
-# ----------------------------------------------------------------------------- training
-
-
 def train(cfg: Config, actor_llm=None, make_env=None):
     """The Retroformer loop. actor_llm / make_env(name, split) override the configured actor and envs
     (tests). Returns the trained Retrospector."""
-    rank, world, device = init_distributed(cfg)
-    main_rank = rank == 0
+    rank, world, device = ddp.init(cfg.device)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    if main_rank:
+    if rank == 0:
         os.makedirs(cfg.out_dir, exist_ok=True)
         if os.path.exists(ckpt_path) and not cfg.resume:
             raise SystemExit(f"{ckpt_path} exists: pass --resume to continue it, or pick another out_dir")
@@ -585,101 +382,87 @@ def train(cfg: Config, actor_llm=None, make_env=None):
     actor_llm = actor_llm if actor_llm is not None else build_actor(cfg, device)
     retrospector = Retrospector.load(cfg, device)
     trainer = PPOTrainer(retrospector.model, ppo_config(cfg), seed=cfg.seed)
-    policy, value_head = trainer.model, trainer.value_head
-    if world > 1:  # the adapters and the value head are the only trainable parameters DDP syncs
-        from torch.nn.parallel import DistributedDataParallel as DDP
+    if world > 1:
+        trainer.distribute()
+    start = resume(cfg, ckpt_path, retrospector, trainer, rank)
 
-        ids = [torch.device(device).index] if device.startswith("cuda") else None
-        policy, value_head = DDP(policy, device_ids=ids), DDP(value_head, device_ids=ids)
-    start = 0
-    if cfg.resume and os.path.exists(ckpt_path):
-        start = load_checkpoint(ckpt_path, retrospector, trainer)
-        if main_rank:
-            print(f"resumed from {ckpt_path} after update {start}")
-    elif cfg.resume and main_rank:
-        print(f"--resume: no {ckpt_path} yet, starting from update 1")
-    if main_rank:
-        print(lora_report(retrospector.model))
-
-    suffix = "" if world == 1 else f".rank{rank}" if rank else ""
+    suffix = f".rank{rank}" if rank else ""
     replay_path = os.path.join(cfg.out_dir, f"replay{suffix}.jsonl")
     episodes_path = os.path.join(cfg.out_dir, f"episodes{suffix}.jsonl")
-    # a resumed run regenerates the updates after its checkpoint: readers keep each update's last attempt
-    attempt = uuid.uuid4().hex[:8]
-    show = cfg.progress and main_rank
-    bar = tqdm(total=cfg.updates, initial=start, desc="updates", disable=not show)
-    for update in range(start + 1, cfg.updates + 1):
+    tag = {"rank": rank, "attempt": uuid.uuid4().hex[:8]}  # a resumed run redoes updates: readers keep
+    show = cfg.progress and rank == 0  # each update's last attempt
+    for update in tqdm(range(start + 1, cfg.updates + 1), initial=start, total=cfg.updates, desc="updates",
+                       disable=not show):  # fmt: skip
         t0 = time.perf_counter()
-        # 1. rollouts: the same task sample on every rank, each rank runs its share
+        # 1. rollouts: trial 0, then reflect on each failure and retry; the same task sample on every
+        #    rank, each rank runs its share
         records, counts = [], {}
         generator = torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, update, rank, "reflect"))
         reseed_actor(actor_llm, derive_seed(cfg.seed, update, rank, "actor"))
         for name in tqdm(names, desc=f"rollouts {update}", leave=False, disable=not show):
             rng = random.Random(derive_seed(cfg.seed, update, name, "tasks"))
             tasks = rng.sample(range(n_train[name]), min(cfg.tasks_per_env, n_train[name]))[rank::world]
-            if not tasks:
-                continue
-            tag = {"update": update, "rank": rank, "attempt": attempt}
-            recs, history = rollout(factories[name], tasks, actor_llm, retrospector, cfg, "retroformer",
-                                    examples[name], generator, episodes_path, replay_path, tag)  # fmt: skip
-            records += recs
-            solved, n, void = success_counts(history, cfg.max_trials)
-            counts[name] = [n, void, *solved]
+            if tasks:
+                recs, history = rollout(factories[name], tasks, actor_llm, retrospector, cfg, "retroformer",
+                                        examples[name], generator, episodes_path, replay_path,
+                                        {"update": update, **tag})  # fmt: skip
+                records += recs
+                solved, n, void = success_counts(history, cfg.max_trials)
+                counts[name] = [n, void, *solved]
         t_rollout = time.perf_counter() - t0
 
         # 2. PPO on every reflection with a reward, gathered from all ranks
-        mine = [r for r in records if r["reward"] is not None]
-        scored = [r for part in all_gather(mine, world) for r in part]
+        scored = [r for part in ddp.all_gather([r for r in records if r["reward"] is not None], world)
+                  for r in part]  # fmt: skip
         metrics = {}
         if scored:
-            metrics = ppo_step(trainer, policy, value_head, shard_for_rank(scored, rank, world), world)
-        elif main_rank:
+            mine = ddp.shard_for_rank(scored, rank, world)
+            metrics = trainer.step([r["prompt_ids"] for r in mine], [r["reflection_ids"] for r in mine],
+                                   [r["reward"] for r in mine])  # fmt: skip
+        elif rank == 0:
             tqdm.write(f"update {update}: no failed trial got a reflection with a reward; PPO skipped")
 
-        # 3. metrics (rank 0) and checkpoint
-        counts = _sum_counts(all_gather(counts, world))
-        if main_rank:
-            row = {"update": update, "n_reflections": len(scored),
-                   "reward_mean": float(np.mean([r["reward"] for r in scored])) if scored else None,
-                   "rollout_s": round(t_rollout, 2),
-                   "update_s": round(time.perf_counter() - t0 - t_rollout, 2)}  # fmt: skip
-            for name, (n, void, *solved) in counts.items():
-                row[f"{name}/success_by_trial"] = [s / max(n, 1) for s in solved]
-                row[f"{name}/n_tasks"], row[f"{name}/n_void"] = n, void
-            row.update(metrics)
-            with open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a") as f:
-                f.write(json.dumps(row) + "\n")
-            succ = " ".join(f"{k.split('/')[0]} {v[0]:.2f}->{v[-1]:.2f}" for k, v in row.items()
-                            if k.endswith("success_by_trial"))  # fmt: skip
-            rm = "-" if row["reward_mean"] is None else f"{row['reward_mean']:+.3f}"
-            tqdm.write(f"update {update}: {len(scored)} reflections, reward {rm}, success {succ}, "
-                       f"kl {metrics.get('kl_ref', 0):.4f}")  # fmt: skip
+        # 3. metrics and checkpoint (rank 0)
+        counts = ddp.sum_counts(ddp.all_gather(counts, world))
+        if rank == 0:
+            log_update(cfg, update, scored, counts, metrics, t_rollout, time.perf_counter() - t0 - t_rollout)
             if update % cfg.checkpoint_every == 0 or update == cfg.updates:
-                save_checkpoint(cfg.out_dir, update, cfg, retrospector, trainer)
-        bar.update(1)
-    bar.close()
+                runstate.save_checkpoint(cfg.out_dir, update, asdict(cfg), retrospector.model, trainer)
     if world > 1:
         dist.barrier()
     return retrospector
 
 
-def _sum_counts(parts: list[dict]) -> dict:
-    total = {}
-    for part in parts:
-        for name, c in part.items():
-            total[name] = [a + b for a, b in zip(total.get(name, [0] * len(c)), c, strict=True)]
-    return total
+def resume(cfg: Config, ckpt_path: str, retrospector, trainer, rank: int) -> int:
+    """The last finished update: that of ckpt_path with --resume, else 0."""
+    start = 0
+    if cfg.resume and os.path.exists(ckpt_path):
+        start = runstate.load_checkpoint(ckpt_path, retrospector.model, trainer)
+        if rank == 0:
+            print(f"resumed from {ckpt_path} after update {start}")
+    elif cfg.resume and rank == 0:
+        print(f"--resume: no {ckpt_path} yet, starting from update 1")
+    if rank == 0:
+        print(lora_report(retrospector.model))
+    return start
 
 
-def command_line_config(argv=None) -> Config:
-    """parse_config on the command line (or argv); a config error exits with its message."""
-    try:
-        cfg = parse_config(sys.argv[1:] if argv is None else argv)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    return cfg
+def log_update(cfg: Config, update: int, scored, counts, metrics, rollout_s: float, update_s: float):
+    """One line of out_dir/metrics.jsonl, and a summary on the console."""
+    row = {"update": update, "n_reflections": len(scored),
+           "reward_mean": float(np.mean([r["reward"] for r in scored])) if scored else None,
+           "rollout_s": round(rollout_s, 2), "update_s": round(update_s, 2)}  # fmt: skip
+    for name, (n, void, *solved) in counts.items():
+        row[f"{name}/success_by_trial"] = [s / max(n, 1) for s in solved]
+        row[f"{name}/n_tasks"], row[f"{name}/n_void"] = n, void
+    row.update(metrics)
+    with open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps(row) + "\n")
+    succ = " ".join(f"{k.split('/')[0]} {v[0]:.2f}->{v[-1]:.2f}" for k, v in row.items()
+                    if k.endswith("success_by_trial"))  # fmt: skip
+    rm = "-" if row["reward_mean"] is None else f"{row['reward_mean']:+.3f}"
+    tqdm.write(f"update {update}: {len(scored)} reflections, reward {rm}, success {succ}, "
+               f"kl {metrics.get('kl_ref', 0):.4f}")  # fmt: skip
 
 
 def main(argv=None):

@@ -1,4 +1,4 @@
-"""Local actor rollouts with vs without the prefix KV cache (model.PrefixCache), same model, same run.
+"""Local actor rollouts with vs without the prefix KV cache (infra/prefix_cache.py), same model, same run.
 
     python bench/bench_prefix_cache.py [--tasks 16] [--envs webshop,alfworld] [--threads 1]
 
@@ -21,13 +21,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import actor  # noqa: E402
 import envs  # noqa: E402
 import model as M  # noqa: E402
+from worlds import scripted  # noqa: E402
 
 ENV_OPTIONS = {"alfworld": {"max_steps": 25}}  # train.Config.env_options
 
 
 def run(llm, env_name, tasks, args):
     make_env = lambda: envs.make(env_name, "test", 0, **ENV_OPTIONS.get(env_name, {}))
-    examples = actor.few_shot_examples(env_name)
+    examples = scripted.few_shot_examples(env_name)
     prebuilt = [make_env() for _ in range(args.concurrency)]  # env construction is not timed
     prefill = [0]
 

@@ -63,7 +63,7 @@ def main():
     args = p.parse_args()
 
     make_env = lambda: envs.make(args.env, split="test", seed=0)
-    examples = actor.few_shot_examples(args.env)
+    examples = scripted.few_shot_examples(args.env)
     port_queue = multiprocessing.Queue()
     server = multiprocessing.Process(
         target=serve, args=(args.env, args.latency, args.concurrency, port_queue)

@@ -6,15 +6,19 @@ sampling setting. `llm` is an `actor.LocalLLM` (anything with its encode, encode
 context_window).
 """
 
+import argparse
 import collections
 import concurrent.futures
 import json
 import logging
+import os
 import queue
 import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import torch
 
 log = logging.getLogger("retroformer.server")
 
@@ -214,3 +218,31 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as e:  # noqa: BLE001 - a bug or a failed generate(): tell the client, keep serving
             log.exception("request failed")
             self._error(APIError(500, f"internal error: {type(e).__name__}: {e}"))
+
+
+def main(load, argv=None):
+    """`python actor.py serve ...`: load(path, device=, dtype=, seed=) -> the LLM to serve."""
+    p = argparse.ArgumentParser(description="Serve a local checkpoint over the OpenAI-compatible protocol.")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="serve a local checkpoint over the OpenAI-compatible protocol")
+    s.add_argument("--model", required=True, help="checkpoint directory (Hugging Face or Meta layout)")
+    s.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--name", default=None, help="model name clients send (default: the directory name)")
+    s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    s.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    s.add_argument("--max-batch", type=int, default=64, help="most requests in one generate() call")
+    s.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    llm = load(args.model, device=args.device, dtype=dtype, seed=args.seed)
+    name = args.name or os.path.basename(os.path.normpath(args.model))
+    srv = ActorServer(llm, name, args.host, args.port, args.max_batch)
+    log.info("serving %s as %r on http://%s:%d/v1", args.model, name, args.host, srv.server_address[1])
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.server_close()

@@ -15,14 +15,13 @@ from actor import (
     Trajectory,
     build_prompt,
     build_reflection_prompt,
-    few_shot_examples,
     format_memory,
     parse_action,
     run_trial,
     run_trials,
 )
-from worlds import scripted
-from worlds.scripted import ExpertLLM, ExplorerLLM
+from worlds import scripted, webshop
+from worlds.scripted import ExpertLLM, ExplorerLLM, few_shot_examples
 
 
 class FakeEnv:
@@ -343,13 +342,13 @@ def test_webshop_explorer_drops_a_plan_whose_search_found_nothing_that_fits():
     # nothing scores 0, which made any parseable wrong plan costly)
     env = _train_env("webshop")()
     plan_of = lambda j: (f"Nothing fit. Next time: open the first result that fits the instruction, "
-                         f"not {env.tasks[j]['target']}{envs.WS_PLAN_END}")  # fmt: skip
+                         f"not {env.tasks[j]['target']}{webshop.PLAN_END}")  # fmt: skip
     trials = ((j, pretrain.scripted_trial(env, j, random.Random(0), [plan_of(j)])) for j in range(len(env))
               if pretrain.scripted_trial(env, j, random.Random(0)).success)  # fmt: skip
     i, traj = next((j, t) for j, t in trials if "click[Back to Search]" in [s[1] for s in t.steps])
     env.reset(i)
     goal, plan = env.tasks[i], plan_of(i)
-    assert envs._WS_PLAN.search(plan)
+    assert webshop.PLAN_RE.search(plan)
     actions = [s[1] for s in traj.steps]
     back = actions.index("click[Back to Search]")
     plan_moves = ("search[", "click[Next >]", "click[< Prev]", "click[B0")

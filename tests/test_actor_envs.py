@@ -6,8 +6,8 @@ import pytest
 from test_actor_http import client, serve  # noqa: F401 - the `serve` fixture
 
 import envs
-from actor import Trajectory, build_prompt, few_shot_examples, parse_action, run_trials
-from worlds.scripted import ExpertLLM
+from actor import Trajectory, build_prompt, parse_action, run_trials
+from worlds.scripted import ExpertLLM, few_shot_examples
 
 NAMES = ["hotpotqa", "alfworld", "webshop"]
 

@@ -1,4 +1,4 @@
-"""ALFWorld-style environment (envs.ALFWorldEnv): dynamics, splits, expert, explorer and plans."""
+"""ALFWorld-style environment (worlds.alfworld.ALFWorldEnv): dynamics, splits, expert, explorer and plans."""
 
 import random
 import re
@@ -6,14 +6,16 @@ import re
 import pytest
 
 import envs
-from envs import ALFWorldEnv
+from worlds import alfworld
+from worlds.alfworld import ALFWorldEnv
+from worlds.episodes import rollout
 
 
 def run(env, i, policy, plan=None, seed=0):
     """One episode of task i with 'expert' or 'explorer' (optionally following `plan`)."""
     rng = random.Random(seed)
     act = env.expert if policy == "expert" else lambda: env.explorer(rng, plan=plan)
-    traj, ret, info = envs.rollout(env, i, act)
+    traj, ret, info = rollout(env, i, act)
     return info["success"], ret, traj
 
 
@@ -160,7 +162,7 @@ def test_explorer_fails_visibly_and_the_plan_fixes_it(splits, split):
         for otype, rec in re.findall(r"(\w+) is at (\w+ \d+)", plan):  # every named place is right and seen
             assert any(o.split()[0] == otype for o in env.tasks[i]["contents"][rec]) and seen(rec)
         for places in re.findall(r"Search (.+) first", plan):  # places to search were never looked into
-            assert not any(seen(r) for r in envs._alf_unrange(places))
+            assert not any(seen(r) for r in alfworld.parse_ranges(places))
         ok, _, traj2 = run(env, i, "explorer", plan=plan)
         fixed += ok
     assert 0.2 <= wins / len(env) <= 0.6, wins

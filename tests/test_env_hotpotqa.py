@@ -11,6 +11,8 @@ import urllib.parse
 import pytest
 
 import envs
+from worlds import hotpotqa
+from worlds.episodes import rollout
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +22,7 @@ def test_env():
 
 def explore(env, i, seed, plan=None):
     rng = random.Random(seed)
-    return envs.rollout(env, i, lambda: env.explorer(rng, plan=plan))
+    return rollout(env, i, lambda: env.explorer(rng, plan=plan))
 
 
 def titles_and_answers(env):
@@ -32,7 +34,7 @@ def titles_and_answers(env):
 
 def test_make_sizes_and_determinism():
     env = envs.make("hotpotqa", "train", seed=3)
-    assert isinstance(env, envs.HotpotQAEnv) and env.name == "hotpotqa" and env.max_steps == 6
+    assert isinstance(env, hotpotqa.HotpotQAEnv) and env.name == "hotpotqa" and env.max_steps == 6
     assert len(env) == 200 and len(envs.make("hotpotqa", "test")) == 100
     again, small = envs.make("hotpotqa", "train", seed=3), envs.make("hotpotqa", "train", seed=3, n_tasks=7)
     assert [t.question for t in again.tasks] == [t.question for t in env.tasks]
@@ -58,8 +60,9 @@ def test_train_and_test_share_no_entity(seed):
 def name_words(env):
     """The capitalized words of every page title that are not first names, countries, work-title words
     or an organization's kind: surnames, cities and organization names, built from name stems."""
-    fixed = set(envs._FIRST) | {a for a, _ in envs._ALIASES} | set(envs._COUNTRIES) | set(envs._ADJ)
-    fixed |= set(envs._NOUN) | {"The"} | {suffix for _, suffix in envs._ORG_KINDS.values()}
+    fixed = set(hotpotqa.FIRST_NAMES) | {a for a, _ in hotpotqa.ALIASES} | set(hotpotqa.COUNTRIES)
+    fixed |= set(hotpotqa.WORK_ADJECTIVES) | set(hotpotqa.WORK_NOUNS) | {"The"}
+    fixed |= {suffix for _, suffix in hotpotqa.ORG_KINDS.values()}
     return {w for t in env.tasks for title in t.pages for w in re.findall(r"[A-Z][a-z]+", title)} - fixed
 
 
@@ -68,8 +71,8 @@ def test_extra_name_inventories_hold_no_name_of_the_splits(names):
     """names=1 | 2: every name stem comes from that inventory (neither split's, nor the other's); the
     tasks are new ones, not renamed copies, and the explorer's failures are still fixed by the plan."""
     env = envs.make("hotpotqa", "train", names=names, n_tasks=100)
-    stems = {s.capitalize() for s in envs._NAME_STEMS[names]}
-    others = {s.capitalize() for k, v in envs._NAME_STEMS.items() if k != names for s in v}
+    stems = {s.capitalize() for s in hotpotqa.NAME_STEMS[names]}
+    others = {s.capitalize() for k, v in hotpotqa.NAME_STEMS.items() if k != names for s in v}
     words = name_words(env)
     assert len(words) > 300
     assert all(any(w.startswith(s) for s in stems) for w in words)
@@ -83,7 +86,7 @@ def test_extra_name_inventories_hold_no_name_of_the_splits(names):
     fails = fixed = 0
     for i in range(len(env)):
         traj, _, info = explore(env, i, seed=i)
-        assert envs.rollout(env, i, env.expert)[1] == 1.0
+        assert rollout(env, i, env.expert)[1] == 1.0
         if not info["success"]:
             fails += 1
             fixed += explore(env, i, seed=i, plan=env.plan(traj))[2]["success"]
@@ -99,7 +102,7 @@ def test_expert_solves_every_task_of_both_splits():
     for split in ("train", "test"):
         env = envs.make("hotpotqa", split)
         for i in range(len(env)):
-            _, ret, info = envs.rollout(env, i, env.expert)
+            _, ret, info = rollout(env, i, env.expert)
             assert ret == 1.0 and info["success"] and info["em"] == 1.0 and info["f1"] == 1.0, (split, i)
 
 
@@ -210,11 +213,11 @@ def test_step_limit_ends_the_episode(test_env):
 
 
 def test_hotpotqa_scoring():
-    assert envs.normalize_answer("  The Glass-Orchard, an Opera! ") == "glassorchard opera"
-    assert envs.answer_f1("the Glass Orchard", "Glass Orchard") == 1.0
-    assert envs.answer_f1("Glass Tower", "Glass Orchard") == pytest.approx(0.5)
-    assert envs.answer_f1("no", "yes") == 0.0 and envs.answer_f1("yes", "yes") == 1.0
-    assert envs.answer_f1("yes it is", "yes") == 0.0  # yes/no only score exactly, as in HotPotQA
+    assert hotpotqa.normalize_answer("  The Glass-Orchard, an Opera! ") == "glassorchard opera"
+    assert hotpotqa.answer_f1("the Glass Orchard", "Glass Orchard") == 1.0
+    assert hotpotqa.answer_f1("Glass Tower", "Glass Orchard") == pytest.approx(0.5)
+    assert hotpotqa.answer_f1("no", "yes") == 0.0 and hotpotqa.answer_f1("yes", "yes") == 1.0
+    assert hotpotqa.answer_f1("yes it is", "yes") == 0.0  # yes/no only score exactly, as in HotPotQA
     env = envs.make("hotpotqa", "test", n_tasks=5)
     i = next(k for k, t in enumerate(env.tasks) if t.answer not in ("yes", "no") and not t.answer.isdigit())
     env.reset(i)
@@ -253,7 +256,7 @@ def test_hotpot_json_source(tmp_path):
     similar = "Similar: ['Vasel Tower', 'Vasel Bridge', 'Morn']."
     assert env.step("Search[Vasel]")[0] == f"Could not find Vasel. {similar}"
     for i in range(3):
-        _, ret, info = envs.rollout(env, i, env.expert)
+        _, ret, info = rollout(env, i, env.expert)
         assert ret == 1.0 and info["success"]
     with pytest.raises(NotImplementedError, match="source"):
         env.explorer(random.Random(0))

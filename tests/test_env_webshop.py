@@ -6,9 +6,11 @@ from functools import partial
 import pytest
 
 import envs
-from envs import WebShopEnv
+from worlds import shops
+from worlds.episodes import episode_steps, rollout
+from worlds.webshop import PLAN_END, WebShopEnv
 
-run = envs.rollout  # (trajectory, return, last info) of task i played by policy()
+run = rollout  # (trajectory, return, last info) of task i played by policy()
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +107,7 @@ def test_plan_for_an_option_slip_names_the_item_and_the_option(test_env):
         traj.append(("", a, obs))
     assert done and not info["success"] and info["reward_breakdown"]["options_matched"] == len(rest)
     plan = env.plan(traj)
-    assert plan == f"I clicked {wrong}, not {v0}. Next time: open {target}{envs.WS_PLAN_END}"
+    assert plan == f"I clicked {wrong}, not {v0}. Next time: open {target}{PLAN_END}"
     assert run(env, i, lambda: env.explorer(random.Random(0), plan=plan))[2]["success"]
     # a run that never buys: the plan says so and falls back to the instruction's constraints
     env.reset(i)
@@ -124,13 +126,13 @@ def test_a_plan_is_followed_with_the_instructions_options_and_no_slips(test_env)
 
     class Slippy(random.Random):
         def random(self):
-            return 0.0  # < WEBSHOP_EXPLORER_SLIP: the memoryless explorer takes each option's first value
+            return 0.0  # < EXPLORER_SLIP: the memoryless explorer takes each option's first value
 
     asked = list(goal["options"].values())
     first = [vals[0] for vals in goal["by_asin"][target]["options"].values()]
     assert first != asked  # so the memoryless run slips
     assert not run(env, i, lambda: env.explorer(Slippy()))[2]["success"]
-    plan = f"I clicked the wrong options. Next time: open {target}{envs.WS_PLAN_END}"
+    plan = f"I clicked the wrong options. Next time: open {target}{PLAN_END}"
     traj, ret, info = run(env, i, lambda: env.explorer(Slippy(), plan=plan))
     actions = [a for _, a, _ in traj]
     assert info["success"] and actions == [f"search[{goal['phrase']}]", f"click[{target}]",
@@ -166,9 +168,9 @@ def test_reward_is_webshops_formula(test_env):
     assert not info["reward_breakdown"]["price_ok"]
     # a product of another type: WebShop's type factor is 0 when no word of the type is in its title
     env.reset(i)
-    results = envs._ws_search(goal["shop"], goal["phrase"])
+    results = shops.search(goal["shop"], goal["phrase"])
     stranger = next(p for p in goal["shop"] if not set(goal["type"].split()) & set(p["tf"]))
-    assert envs._ws_reward(stranger, goal, {})[0] == 0.0 and stranger["type"] != goal["type"]
+    assert shops.purchase_reward(stranger, goal, {})[0] == 0.0 and stranger["type"] != goal["type"]
     assert results[0] is decoy
     # success only at 1.0
     _, r, _, info = buy(goal["target"], goal["options"].values())
@@ -177,7 +179,7 @@ def test_reward_is_webshops_formula(test_env):
 
 def test_pages_and_navigation(test_env):
     env = test_env
-    i = next(j for j, t in enumerate(env.tasks) if len(envs._ws_search(t["shop"], t["phrase"])) > 6)
+    i = next(j for j, t in enumerate(env.tasks) if len(shops.search(t["shop"], t["phrase"])) > 6)
     env.reset(i)
     goal = env.tasks[i]
     obs = env.step(f"search[{goal['phrase']}]")[0]
@@ -278,13 +280,13 @@ def test_render_shows_the_episode(test_env):
     assert f"Thought {len(traj)}: " in text and f"Action {len(traj)}: click[Buy Now]" in text
     assert f"Observation {len(traj)}: Your score (min 0.0, max 1.0): 1.00" in text
     as_dicts = [{"thought": t, "action": a, "observation": o} for t, a, o in traj]
-    assert env.render(as_dicts) == text and envs.episode_steps(as_dicts) == traj
+    assert env.render(as_dicts) == text and episode_steps(as_dicts) == traj
 
 
 def test_titles_show_exactly_the_products_attributes(test_env):
     # the plan-follower and the reward read attributes off titles; no noise word may pose as one
-    vocabulary = {a for c in envs._WS_CATEGORIES for a in c[1]}
+    vocabulary = {a for c in shops.CATEGORIES for a in c[1]}
     for task in test_env.tasks:
         for p in task["shop"]:
             assert set(p["tf"]) & vocabulary == set(p["attrs"]), p["title"]
-            assert set(envs._ws_tokens(p["type"])) <= set(p["tf"])
+            assert set(shops.tokenize(p["type"])) <= set(p["tf"])

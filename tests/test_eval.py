@@ -11,6 +11,7 @@ import envs
 import eval as ev
 from lora import load_lora
 from train import Retrospector, train
+from worlds import hotpotqa
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -132,7 +133,8 @@ def test_missing_adapters_and_bad_methods(trained, tmp_path):
 def test_eval_split_val_runs_train_tasks_that_ppo_and_pretraining_skip(tmp_path):
     """--eval_split=val: the train split's tasks from VAL_FIRST on, logged as such, none of them a test
     task or one of the tasks PPO samples; the scripted explorer finds them."""
-    from train import VAL_FIRST, build_actor, parse_config
+    from envs import VAL_FIRST
+    from train import build_actor, parse_config
 
     cfg = parse_config(["--envs=hotpotqa", "--eval_split=val", "--eval_tasks=4", "--eval_seeds=0",
                         "--eval_methods=react", "--eval_trials=2", f"--out_dir={tmp_path}"])  # fmt: skip
@@ -149,7 +151,7 @@ def test_eval_split_val_runs_train_tasks_that_ppo_and_pretraining_skip(tmp_path)
     ppo, test = envs.make("hotpotqa", "train"), envs.make("hotpotqa", "test")
     seen = {ppo.reset(i) for i in range(len(ppo))} | {test.reset(i) for i in range(len(test))}
     assert not any(e["instruction"] in seen for e in episodes)
-    drill = set(envs._NAME_STEMS[1])  # pretrain.py's name drill
+    drill = set(hotpotqa.NAME_STEMS[1])  # pretrain.py's name drill
     assert not any(s in e["instruction"].lower() for s in drill for e in episodes)
     with pytest.raises(ValueError, match="eval_split"):
         parse_config(["--eval_split=dev"])
@@ -159,7 +161,8 @@ def test_eval_split_val_runs_train_tasks_that_ppo_and_pretraining_skip(tmp_path)
 def test_val_envs_share_their_tasks_not_their_episodes(name):
     """env_factory(..., "val") copies one generated env: two copies stepped in turn play the same
     episodes as two envs of their own."""
-    from train import VAL_FIRST, Config, env_factory, env_options
+    from envs import VAL_FIRST
+    from train import Config, env_factory, env_options
 
     factory = env_factory(Config(eval_tasks=2), name, "val")
     a, b = factory(), env_factory(Config(eval_tasks=2), name, "val")()  # a second factory: the same tasks

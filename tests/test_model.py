@@ -1,4 +1,4 @@
-"""model.py architecture and checkpoints: logits parity with transformers, save round trip, bad input."""
+"""model.py and formats/ checkpoints: logits parity with transformers, save round trip, bad input."""
 
 import json
 import os
@@ -9,6 +9,7 @@ import torch
 from conftest import hf_gpt2, hf_llama, meta_llama, random_model
 
 import model as M
+from formats.safetensors import read_safetensors, write_safetensors
 
 
 def ids(T, B=2, vocab=96, seed=0):
@@ -171,9 +172,9 @@ def test_bad_config(tmp_path):
 
 def _rewrite(path, fn):
     f = os.path.join(path, "model.safetensors")
-    sd = M.read_safetensors(f)
+    sd = read_safetensors(f)
     sd = {k: v.clone() for k, v in sd.items()}
-    M.write_safetensors(fn(sd), f)
+    write_safetensors(fn(sd), f)
 
 
 def test_missing_extra_and_misshapen_tensors(tmp_path):
@@ -229,8 +230,8 @@ def test_corrupt_safetensors(tmp_path):
 def test_safetensors_roundtrip_dtypes(tmp_path):
     tensors = {"f32": torch.randn(3, 5), "f16": torch.randn(4).half(), "bf16": torch.randn(2, 2).bfloat16(),
                "i64": torch.arange(7), "scalar": torch.tensor(3.5), "empty": torch.zeros(0, 4)}  # fmt: skip
-    M.write_safetensors(tensors, tmp_path / "t.safetensors")
-    back = M.read_safetensors(tmp_path / "t.safetensors")
+    write_safetensors(tensors, tmp_path / "t.safetensors")
+    back = read_safetensors(tmp_path / "t.safetensors")
     assert back.keys() == tensors.keys()
     for k, v in tensors.items():
         assert back[k].dtype == v.dtype and torch.equal(back[k], v), k

@@ -1,4 +1,4 @@
-"""model.PrefixCache: generate() with reused prompt keys/values equals generate() without them."""
+"""PrefixCache (infra/): generate() with reused prompt keys/values equals generate() without them."""
 
 import random
 
@@ -9,6 +9,8 @@ from test_actor import FakeEnv
 
 import model as M
 from actor import LocalLLM, run_trials
+from formats.bpe import train_bpe
+from infra.prefix_cache import PrefixCache
 
 
 def block_widths(m):
@@ -32,7 +34,7 @@ def test_episodes_with_cache_equal_without(arch):
     shared = [rng.randrange(64) for _ in range(6)]
     starts = {0: 0, 1: 0, 2: 0, 3: 2}  # episode -> first step
     prompts = {e: shared + [rng.randrange(64) for _ in range(4 + 7 * e)] for e in starts}
-    pc, widths, saved = M.PrefixCache(), *block_widths(m)
+    pc, widths, saved = PrefixCache(), *block_widths(m)
     for step in range(5):
         live = [e for e in starts if starts[e] <= step and not (e == 1 and step > 2)]  # episode 1 ends early
         batch = [prompts[e] for e in live]
@@ -65,7 +67,7 @@ def test_partial_no_and_full_match(arch):
     }
     widths, hook = block_widths(m)
     for name, (p, width) in cases.items():
-        pc = M.PrefixCache()
+        pc = PrefixCache()
         M.generate(m, [a], 4, temperature=0, prefix_cache=pc)
         widths.clear()
         got = M.generate(m, [p], 10, temperature=0, prefix_cache=pc)
@@ -74,7 +76,7 @@ def test_partial_no_and_full_match(arch):
     hook.remove()
     prompts = [p for p, _ in cases.values()]  # all at once, left-padded, with and without the widest row
     for batch in (prompts, [p for name, (p, _) in cases.items() if name != "no match"]):
-        pc = M.PrefixCache()
+        pc = PrefixCache()
         M.generate(m, [a], 4, temperature=0, prefix_cache=pc)
         assert_same(M.generate(m, batch, 10, temperature=0, prefix_cache=pc),
                     M.generate(m, batch, 10, temperature=0))  # fmt: skip
@@ -91,7 +93,7 @@ def test_pad_slots_are_cleared(monkeypatch):
 
     monkeypatch.setattr(M.KVCache, "__init__", nan_init)
     m, a = random_model("llama"), list(range(3, 33))
-    pc = M.PrefixCache()
+    pc = PrefixCache()
     M.generate(m, [a], 4, temperature=0, prefix_cache=pc)
     batch = [a + [3, 4, 5], a[:12]]  # row 1: 21 pad slots before the 3-column block
     got = M.generate(m, batch, 6, temperature=0, prefix_cache=pc)
@@ -102,7 +104,7 @@ def test_sampling_and_stops_with_cache():
     """Sampling draws the same tokens; rows that stop early leave the batch after the entries are stored."""
     m = random_model("llama")
     batch = [[5, 9, 2, 7, 1], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [33]]
-    pc = M.PrefixCache()
+    pc = PrefixCache()
     M.generate(m, [p[:-1] for p in batch[:2]], 3, temperature=0, prefix_cache=pc)
     kw = dict(temperature=0.8, stop_ids=[3, 17])
     got = M.generate(m, batch, 12, generator=torch.Generator().manual_seed(0), prefix_cache=pc, **kw)
@@ -113,7 +115,7 @@ def test_sampling_and_stops_with_cache():
 
 def test_eviction_keeps_the_most_recent():
     m = random_model("llama")
-    pc = M.PrefixCache(max_entries=3)
+    pc = PrefixCache(max_entries=3)
     prompts = [[i, i + 1, i + 2] for i in range(5)]
     for p in prompts:
         M.generate(m, [p], 2, temperature=0, prefix_cache=pc)
@@ -126,14 +128,14 @@ def test_eviction_keeps_the_most_recent():
     k, v = pc.entries[(3, 4, 40)][1:]
     assert k.shape == v.shape == (2, 2, 3, 8)  # (n_layers, n_kv, T, hd)
     assert pc.nbytes == sum(k.nbytes + v.nbytes for _, k, v in pc.entries.values())
-    pc = M.PrefixCache(max_bytes=2 * 2 * k.nbytes)  # room for two 3-token entries
+    pc = PrefixCache(max_bytes=2 * 2 * k.nbytes)  # room for two 3-token entries
     for p in prompts:
         M.generate(m, [p], 2, temperature=0, prefix_cache=pc)
     assert list(pc.entries) == [tuple(p) for p in prompts[3:]] and pc.nbytes == 2 * 2 * k.nbytes
     M.generate(m, [list(range(20))], 2, temperature=0, prefix_cache=pc)  # alone over the budget
     assert len(pc) == 0 and pc.nbytes == 0
     with pytest.raises(ValueError):
-        M.PrefixCache(0)
+        PrefixCache(0)
 
 
 def test_local_llm_rollouts_same_with_and_without_cache():
@@ -142,7 +144,7 @@ def test_local_llm_rollouts_same_with_and_without_cache():
     env = FakeEnv()
     corpus = [env.reset(i) + "\nThought: look\nAction: look\nObservation: " + env.step("look")[0]
               for i in range(12)]  # fmt: skip
-    tok = M.train_bpe(corpus * 2, 300)
+    tok = train_bpe(corpus * 2, 300)
     m = random_model("llama", vocab_size=tok.vocab_size, max_seq_len=512)
     examples = [corpus[0] + "\nThought: I know it.\nAction: answer[word0]\nObservation: Correct!\n"]
     llms, trajs, prefill = {}, {}, {}

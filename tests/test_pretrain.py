@@ -12,6 +12,7 @@ import envs
 import model as M
 import pretrain as P
 import train
+from worlds import hotpotqa, scripted
 
 TINY = {"hotpotqa": 6, "alfworld": 4, "webshop": 6}
 
@@ -53,7 +54,7 @@ def test_make_trials_is_deterministic_and_train_split_only(data):
         mine = [e for e in episodes if e.env == name]
         assert mine and all(e.task >= len(ppo_env) for e in mine)
         # and the full pretraining set ends before eval.py's validation slice (--eval_split=val)
-        assert len(ppo_env) + P.N_TASKS[name] <= train.VAL_FIRST
+        assert len(ppo_env) + P.N_TASKS[name] <= envs.VAL_FIRST
         assert not any(e.instruction in ppo_instructions for e in mine)
 
 
@@ -62,7 +63,7 @@ def test_names_drill_pairs_are_hotpotqa_failures_on_names_no_split_holds():
     inventory 1, right and wrong reflections among them."""
     episodes, pairs = P.make_trials(0, {"hotpotqa": 20}, names=1)
     assert {e.env for e in episodes} == {"hotpotqa"} and len(pairs) >= 10
-    stems = tuple(s.capitalize() for s in envs._NAME_STEMS[1])
+    stems = tuple(s.capitalize() for s in hotpotqa.NAME_STEMS[1])
     env = envs.make("hotpotqa", "train", n_tasks=300, names=1)
     right = 0
     for t, reflection in pairs:
@@ -171,7 +172,7 @@ def test_pretrain_takes_the_run_time_settings_from_train_config():
         cfg.actor_max_tokens, cfg.reflection_max_tokens, cfg.memory_k, cfg.env_seed)  # fmt: skip
     assert P.ENV_OPTIONS == {n: train.env_options(cfg).get(n, {}) for n in P.ENVS}
     n = cfg.n_examples
-    assert P.examples("hotpotqa") == (actor.few_shot_examples("hotpotqa", n) if n else ())
+    assert P.examples("hotpotqa") == (scripted.few_shot_examples("hotpotqa", n) if n else ())
 
 
 def test_default_actor_prompt_always_fits_the_context():

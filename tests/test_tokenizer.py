@@ -1,4 +1,4 @@
-"""Tokenizer loading (model.py, tokenizer section): parity with the `tokenizers` library on held-out text.
+"""Tokenizer loading (formats/tokenizer.py): parity with the `tokenizers` library on held-out text.
 
 Tokenizers are trained here on a small generated corpus (no downloads) and saved in every supported layout.
 """
@@ -13,7 +13,9 @@ import pytest
 from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
-from model import LLAMA3_PATTERN, LLAMA3_SPECIALS, Tokenizer, load_tokenizer, train_bpe
+from formats.bpe import train_bpe
+from formats.tokenizer import LLAMA3_PATTERN, LLAMA3_SPECIALS, Tokenizer
+from model import load_tokenizer
 
 WORDS = (
     "the agent fails the task because it searched for the wrong entity then it should look up the "
@@ -42,7 +44,7 @@ def _corpus(n_lines=1500):
 
 
 def _bytes_to_unicode():
-    """GPT-2's byte -> printable character table, written out independently of model.py."""
+    """GPT-2's byte -> printable character table, written out independently of formats/tokenizer.py."""
     printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
     table = {b: chr(b) for b in printable}
     for n, b in enumerate(b for b in range(256) if b not in printable):

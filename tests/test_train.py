@@ -15,6 +15,7 @@ import torch
 import envs
 import model as M
 from actor import HEADER, REFLECT_HEADER, STOP, LLMError
+from formats.bpe import train_bpe
 from lora import lora_modules
 from train import Config, Retrospector, parse_config, rollout, success_counts, train
 from worlds.scripted import ExpertLLM
@@ -33,7 +34,7 @@ def make_tiny_retrospector(path, seed=0, max_seq_len=512):
             thought, action = env.expert()
             obs, _, done, _ = env.step(action)
             texts.append(f"{thought} {action} {obs}")
-    tok = M.train_bpe(texts, 800)
+    tok = train_bpe(texts, 800)
     torch.manual_seed(seed)
     cfg = M.ModelConfig(arch="llama", vocab_size=800, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
                         hidden_dim=64, max_seq_len=max_seq_len, tie_embeddings=True)  # fmt: skip

@@ -8,13 +8,37 @@ without a language model as the actor.
 """
 
 import collections
+import functools
 import json
 import random
 import re
 import threading
 
 import envs
-from actor import STOP, parse_memory
+from actor import STOP, Trajectory, parse_memory
+from worlds import alfworld, webshop
+
+
+@functools.cache
+def few_shot_examples(env_name: str, n: int = 2, seed: int = 0) -> tuple[str, ...]:
+    """The actor's few-shot examples: texts of the first n successful expert episodes on the train
+    split of `env_name` (cached)."""
+    env = envs.make(env_name, split="train", seed=seed)
+    out = []
+    for i in range(len(env)):
+        if len(out) == n:
+            break
+        traj, done, info = Trajectory(env_name, i, 0, env.reset(i)), False, {}
+        while not done:
+            thought, action = env.expert()
+            obs, reward, done, info = env.step(action)
+            traj.steps.append((thought, action, obs, float(reward)))
+        if info.get("success"):
+            out.append(traj.text())
+    if len(out) < n:
+        raise RuntimeError(f"few_shot_examples: the {env_name} expert solved only {len(out)} train tasks")
+    return tuple(out)
+
 
 
 def explorer_step(env, rng: random.Random, plan: str | None, actions=()) -> tuple[str, str]:
@@ -29,12 +53,12 @@ def explorer_step(env, rng: random.Random, plan: str | None, actions=()) -> tupl
       when the plan names none: env.explorer's plan mode would tour every receptacle, so any plan,
       even a wrong one or one naming a 'drawer 11' the room lacks, would end in success."""
     if plan is not None and env.name == "webshop" and (
-            envs._WS_PLAN.search(plan) is None or "click[Back to Search]" in actions):
+            webshop.PLAN_RE.search(plan) is None or "click[Back to Search]" in actions):
         plan = None
     if plan is not None and env.name == "alfworld":
-        at, first = envs._alf_parse_plan(plan)
-        room = set(envs._alf_recs(env.render([])))
-        places = ({r for rs in at.values() for r in rs} | set(envs._alf_unrange(first))) & room
+        at, first = alfworld.parse_plan(plan)
+        room = set(alfworld.receptacles(env.render([])))
+        places = ({r for rs in at.values() for r in rs} | set(alfworld.parse_ranges(first))) & room
         visited = {m for a in actions for m in re.findall(r"^go to (\w+ \d+)$", a)}
         if places <= visited:
             plan = None

@@ -1,0 +1,1 @@
+"""Checkpoint and tokenizer file formats behind model.py's loaders."""
