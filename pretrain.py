@@ -1,12 +1,12 @@
 """Pretrain the tiny actor and retrospector of the offline default, from scratch, on the train split.
 
     python pretrain.py                      # writes checkpoints/tiny/{actor,retrospector}/ (1 thread)
-    python pretrain.py --role retrospector  # one of the two (run both roles in two shells: ~2x faster)
+    python pretrain.py --role retrospector  # one of the two (two shells run both roles at once)
     python pretrain.py --measure 30         # success on 30 test tasks per env: no / right / wrong memory
 
 1. A small byte-level BPE vocabulary (formats.bpe.train_bpe) built from the environments' train-split text,
    with a split pattern (SPLIT_PATTERN) that spells names and product ids with short, frequent pieces.
-2. An induction warm-up: ~1100 steps on random token strings written twice (induction_sequences), so
+2. An induction warm-up: INDUCTION_STEPS steps on random token strings written twice (induction_sequences), so
    the model learns to copy from its prompt before it sees the scripted data. Without it the tiny
    model memorizes the train split's names and cannot write an unseen name or product id.
 3. The actor: behaviour cloning of the environments' scripted explorers in exactly the prompt format
@@ -21,8 +21,8 @@
    appears in the trial but is the wrong one). The frozen retrospector is then a weak Reflexion
    baseline whose sampled reflections are right about P_CORRECT of the time; PPO can raise that.
    Its pairs include a name drill (N_NAMES_DRILL): HotPotQA tasks whose names come from an inventory
-   neither split uses (worlds.hotpotqa.HotpotQAEnv names=1), so that it copies the names of its prompt rather
-   than writing the ones it has learned.
+   neither split uses (worlds.hotpotqa.HotpotQAEnv names=1), so that it copies the names of its
+   prompt rather than writing the ones it has learned.
 
 Actor and retrospector are two tiny Llamas with one vocabulary, both from the same warm-up; the actor
 stays frozen, the retrospector gets LoRA adapters. Nothing of the test split is read, nor the train
@@ -93,7 +93,7 @@ INDUCTION_STEPS = 1100
 
 def scripted_trial(env, i: int, rng: random.Random, memory=()) -> actor.Trajectory:
     """One trial of env.explorer on task i; with a memory it follows the last reflection's plan (the
-    rules are actor.explorer_step's, shared with actor.ExplorerLLM)."""
+    rules are worlds.scripted.explorer_step's, shared with its ExplorerLLM)."""
     plan = memory[-1] if memory else None
     traj = actor.Trajectory(env.name, i, len(memory), env.reset(i), reflections=list(memory)[-MEMORY_K:])
     done, info = False, {}
@@ -445,8 +445,8 @@ def main(argv=None, out: str = OUT):
     p.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per batch")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--tasks", type=float, default=1.0, help="scale of the number of train tasks per env")
-    # 1 thread: results depend on the thread count, and on a CPU shared with other jobs 2 threads ran
-    # ~10x slower than 1 (0.4 s vs 4.4 s per step): OpenMP threads wait on each other
+    # 1 thread: results depend on the thread count, and on a CPU shared with other jobs more threads
+    # run slower, not faster: OpenMP threads wait on each other
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--vocab", type=int, default=VOCAB, help="BPE vocabulary size")
     p.add_argument("--dim", type=int, default=MODEL["dim"], help="model width (heads of 32)")

@@ -389,8 +389,9 @@ def train(cfg: Config, actor_llm=None, make_env=None):
     suffix = f".rank{rank}" if rank else ""
     replay_path = os.path.join(cfg.out_dir, f"replay{suffix}.jsonl")
     episodes_path = os.path.join(cfg.out_dir, f"episodes{suffix}.jsonl")
-    tag = {"rank": rank, "attempt": uuid.uuid4().hex[:8]}  # a resumed run redoes updates: readers keep
-    show = cfg.progress and rank == 0  # each update's last attempt
+    # a resumed run redoes the updates after its checkpoint: readers keep each update's last attempt
+    tag = {"rank": rank, "attempt": uuid.uuid4().hex[:8]}
+    show = cfg.progress and rank == 0
     for update in tqdm(range(start + 1, cfg.updates + 1), initial=start, total=cfg.updates, desc="updates",
                        disable=not show):  # fmt: skip
         t0 = time.perf_counter()

@@ -1,9 +1,9 @@
 """Rollout throughput with 1 vs 8 concurrent episodes against an endpoint with 200 ms latency per call.
 
 A stdlib stand-in for an OpenAI-compatible server (its own process, like a real endpoint) answers each
-/v1/completions request after a fixed delay with the scripted expert's next action (actor.ExpertLLM),
-so every episode runs its real length through the whole actor path (prompt, HTTPLLM, parsing, env
-step, JSONL log). Target: >= 6x speed-up at 8.
+/v1/completions request after a fixed delay with the scripted expert's next action
+(worlds.scripted.ExpertLLM), so every episode runs its real length through the whole actor path
+(prompt, HTTPLLM, parsing, env step, JSONL log). Target: >= 6x speed-up at 8.
 
     python bench/bench_rollouts.py [--env hotpotqa] [--episodes 24] [--latency 0.2]
 """

@@ -1,6 +1,6 @@
 """The offline default world: a short PPO run makes the retrospector's reflections more useful.
 
-The actor is the scripted explorer that obeys its memory (actor.ExplorerLLM): a retry succeeds when
+The actor is the scripted explorer that obeys its memory (worlds.scripted.ExplorerLLM): a retry succeeds when
 the reflection gives a plan it can follow to the goal, so the reward G(k+1) - G(k) measures the
 reflections alone. The retrospector is the cached tiny checkpoint (checkpoints/tiny/retrospector)
 with fresh LoRA adapters. ALFWorld: the environment with the shortest episodes, so the test is quick.
