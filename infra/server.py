@@ -78,6 +78,24 @@ class ActorServer(ThreadingHTTPServer):
 
     def completion(self, path: str, body: dict) -> dict:
         """Answer a /v1/completions or /v1/chat/completions request body (raises APIError)."""
+        chat = path.endswith("/chat/completions")
+        prompts, key = self._parse_request(body, chat)
+        gens = self._generate(prompts, key)
+        return self._response(chat, prompts, gens)
+
+    def _parse_request(self, body, chat: bool) -> tuple[list, tuple]:
+        """(token-id prompts, sampling key (max_tokens, temperature, top_p, stop)) of a valid request.
+        The order of the checks decides which error a request with several faults gets."""
+        self._check_body(body)
+        max_tokens, temperature, top_p, stop = _sampling_settings(body, chat)
+        if chat:
+            prompts = [self.llm.encode_chat(_chat_messages(body))]
+        else:
+            prompts = [self.llm.encode(t) for t in _prompt_texts(body)]
+        self._check_context(prompts, max_tokens)
+        return prompts, (max_tokens, float(temperature), float(top_p), tuple(stop))
+
+    def _check_body(self, body):
         if not isinstance(body, dict):
             raise APIError(400, "the request body must be a JSON object")
         if body.get("model", self.model_name) != self.model_name:
@@ -90,49 +108,8 @@ class ActorServer(ThreadingHTTPServer):
             raise APIError(400, "only n=1 is supported", "n")
         if body.get("stream"):
             raise APIError(400, "stream=true is not supported", "stream")
-        chat = path.endswith("/chat/completions")
-        max_tokens = body.get(
-            "max_completion_tokens" if chat and "max_completion_tokens" in body else "max_tokens",
-            256 if chat else 16,
-        )
-        temperature, top_p, stop = (
-            body.get("temperature", 1.0),
-            body.get("top_p", 1.0),
-            body.get("stop") or [],
-        )
-        stop = [stop] if isinstance(stop, str) else stop
-        if not isinstance(max_tokens, int) or max_tokens < 1:
-            raise APIError(400, f"max_tokens must be a positive integer, got {max_tokens!r}", "max_tokens")
-        if not isinstance(temperature, int | float) or not 0 <= temperature <= 2:
-            raise APIError(400, f"temperature must be in [0, 2], got {temperature!r}", "temperature")
-        if not isinstance(top_p, int | float) or not 0 < top_p <= 1:
-            raise APIError(400, f"top_p must be in (0, 1], got {top_p!r}", "top_p")
-        if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
-            raise APIError(400, "stop must be a string or a list of non-empty strings", "stop")
-        if chat:
-            msgs = body.get("messages")
-            if (
-                not isinstance(msgs, list)
-                or not msgs
-                or not all(
-                    isinstance(m, dict)
-                    and isinstance(m.get("role"), str)
-                    and isinstance(m.get("content"), str)
-                    for m in msgs
-                )
-            ):
-                raise APIError(
-                    400,
-                    "messages must be a non-empty list of {role, content} with string content",
-                    "messages",
-                )
-            prompts = [self.llm.encode_chat(msgs)]
-        else:
-            p = body.get("prompt")
-            texts = [p] if isinstance(p, str) else p
-            if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-                raise APIError(400, "prompt must be a string or a non-empty list of strings", "prompt")
-            prompts = [self.llm.encode(t) for t in texts]
+
+    def _check_context(self, prompts: list, max_tokens: int):
         for ids in prompts:
             if len(ids) + max_tokens > self.llm.context_window:
                 raise APIError(
@@ -141,11 +118,16 @@ class ActorServer(ThreadingHTTPServer):
                     f"the prompt has {len(ids)} tokens and max_tokens is {max_tokens}",
                     "max_tokens",
                 )
-        key = (max_tokens, float(temperature), float(top_p), tuple(stop))
+
+    def _generate(self, prompts: list, key: tuple) -> list:
+        """The worker thread's generations for `prompts`, batched with whatever else waits for `key`."""
         reqs = [_Request(ids, key) for ids in prompts]
         for r in reqs:
             self.queue.put(r)
-        gens = [r.future.result() for r in reqs]
+        return [r.future.result() for r in reqs]
+
+    def _response(self, chat: bool, prompts: list, gens: list) -> dict:
+        """The OpenAI completion (or chat completion) object."""
         n_prompt, n_completion = sum(len(ids) for ids in prompts), sum(len(g.tokens) for g in gens)
         if chat:
             choices = [
@@ -172,6 +154,49 @@ class ActorServer(ThreadingHTTPServer):
                 "total_tokens": n_prompt + n_completion,
             },
         }
+
+
+def _sampling_settings(body: dict, chat: bool) -> tuple:
+    """(max_tokens, temperature, top_p, stop list) with OpenAI's defaults (raises APIError)."""
+    max_tokens = body.get(
+        "max_completion_tokens" if chat and "max_completion_tokens" in body else "max_tokens",
+        256 if chat else 16,
+    )
+    temperature, top_p, stop = body.get("temperature", 1.0), body.get("top_p", 1.0), body.get("stop") or []
+    stop = [stop] if isinstance(stop, str) else stop
+    if not isinstance(max_tokens, int) or max_tokens < 1:
+        raise APIError(400, f"max_tokens must be a positive integer, got {max_tokens!r}", "max_tokens")
+    if not isinstance(temperature, int | float) or not 0 <= temperature <= 2:
+        raise APIError(400, f"temperature must be in [0, 2], got {temperature!r}", "temperature")
+    if not isinstance(top_p, int | float) or not 0 < top_p <= 1:
+        raise APIError(400, f"top_p must be in (0, 1], got {top_p!r}", "top_p")
+    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+        raise APIError(400, "stop must be a string or a list of non-empty strings", "stop")
+    return max_tokens, temperature, top_p, stop
+
+
+def _chat_messages(body: dict) -> list:
+    msgs = body.get("messages")
+    if (
+        not isinstance(msgs, list)
+        or not msgs
+        or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in msgs
+        )
+    ):
+        raise APIError(
+            400, "messages must be a non-empty list of {role, content} with string content", "messages"
+        )
+    return msgs
+
+
+def _prompt_texts(body: dict) -> list:
+    p = body.get("prompt")
+    texts = [p] if isinstance(p, str) else p
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise APIError(400, "prompt must be a string or a non-empty list of strings", "prompt")
+    return texts
 
 
 class _Handler(BaseHTTPRequestHandler):

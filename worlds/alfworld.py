@@ -83,6 +83,17 @@ def _generate_world(rng, difficulty):
     """One task: room, receptacles, placed objects and the goal. `difficulty` = chance that each needed
     object (and the desklamp) sits in an unlikely place, and that a look-alike decoy sits in a likely one."""
     room = rng.choice(list(_ROOMS))
+    recs, closed = _draw_receptacles(rng, room)
+    kind, obj, objs, target = _draw_task(rng, room, recs)
+    contents = _place_objects(rng, room, recs, closed, (kind, obj, target), objs, difficulty)
+    text = (f"You are in the middle of a room. Looking quickly around you, you see {_listing(recs)}.\n"
+            f"Your task is to: {_goal_text(kind, obj, target)}.")
+    return {"text": text, "recs": recs, "closed": frozenset(closed), "contents": contents,
+            "task": (kind, obj, target)}
+
+
+def _draw_receptacles(rng, room):
+    """The room's numbered receptacles, and the openable ones (they start closed)."""
     recs, closed = [], []
     for spec in _ROOMS[room].split():
         rtype, rng_ = spec.split(":")
@@ -91,6 +102,11 @@ def _generate_world(rng, difficulty):
             recs.append(f"{rtype.rstrip('*')} {n}")
             if rtype.endswith("*"):
                 closed.append(recs[-1])
+    return recs, closed
+
+
+def _draw_task(rng, room, recs):
+    """(kind, object type, the room's object types the kind allows, target receptacle type or None)."""
     rtypes = {_type_of(r) for r in recs}
     kind = rng.choice([k for k, (rooms, _) in _KINDS.items() if room in rooms.split()])
     allowed = _KINDS[kind][1]
@@ -99,6 +115,13 @@ def _generate_world(rng, difficulty):
     banned = {_APPLIANCE.get(kind)} | set(_LIKELY[obj][:1])  # not the appliance / its first place
     goals = [t for t in _TARGETS if t in rtypes and t not in banned]
     target = None if kind == "look" else rng.choice(goals)
+    return kind, obj, objs, target
+
+
+def _place_objects(rng, room, recs, closed, task, objs, difficulty):
+    """{receptacle: shuffled objects}: the needed object(s), maybe a look-alike decoy, the desklamp of a
+    'look' task, and 5-9 other objects."""
+    kind, obj, target = task
     places = [r for r in recs if _type_of(r) != target]  # never pre-place anything in the goal
     likely = [r for r in places if _type_of(r) in _LIKELY[obj]] or places
     unlikely = [r for r in places if r not in likely] or places
@@ -123,14 +146,14 @@ def _generate_world(rng, difficulty):
         place(rng.choice(others), [r for r in recs if _type_of(r) not in ("coffeemachine", "toaster")])
     for r in recs:
         rng.shuffle(contents[r])
+    return contents
+
+
+def _goal_text(kind, obj, target):
     prep = "in" if target in _PUT_IN else "on"
     goal = {"pick": f"put a {obj} {prep} {target}", "look": f"look at {obj} under the desklamp",
             "two": f"put two {obj} {prep} {target}"}
-    goal = goal.get(kind, f"put a {_STATE.get(kind)} {obj} {prep} {target}")
-    text = (f"You are in the middle of a room. Looking quickly around you, you see {_listing(recs)}.\n"
-            f"Your task is to: {goal}.")
-    return {"text": text, "recs": recs, "closed": frozenset(closed), "contents": contents,
-            "task": (kind, obj, target)}
+    return goal.get(kind, f"put a {_STATE.get(kind)} {obj} {prep} {target}")
 
 
 def format_ranges(recs):
@@ -223,74 +246,91 @@ class ALFWorldEnv:
         return f"On the {rec}, you see {_listing(self._contents[rec])}."
 
     def _act(self, a):
-        recs, here, held = self._world["recs"], self._loc, self._held
+        """The reply to a normalised action, changing the world as it does."""
         if a.startswith("think:"):
             return "OK."
         if a == "inventory":
-            return f"You are carrying: a {held}." if held else "You are not carrying anything."
+            return f"You are carrying: a {self._held}." if self._held else "You are not carrying anything."
         if a == "look":
-            return f"You are facing the {here}." if here else self._first_obs.split("\n")[0]
+            return f"You are facing the {self._loc}." if self._loc else self._first_obs.split("\n")[0]
         m = re.fullmatch(r"(go to|open|close|use|examine) (\w+ \d+)", a)
-        if m and m[2] in recs:
-            verb, rec = m[1], m[2]
-            if verb == "go to":
-                self._loc = rec
-                if rec not in self._closed:
-                    self._searched.add(rec)
-                return self._describe(rec)  # as Reflexion shows it: "You arrive at loc 5. " is cut
-            if verb == "open" and rec == here and rec in self._closed:
-                self._closed.discard(rec)
-                self._searched.add(rec)
-                return f"You open the {rec}. {self._describe(rec)}"
-            if verb == "close" and rec == here and rec in self._world["closed"] and rec not in self._closed:
-                self._closed.add(rec)
-                return f"You close the {rec}."
-            if verb == "examine" and rec == here:
-                return self._describe(rec)
-            return "Nothing happens."
-        if m and (m[2] == held or (here and self._visible(here) and m[2] in self._contents[here])):
-            obj = m[2]
-            if m[1] == "use" and _type_of(obj) == "desklamp":
-                self._lamps_on.add(obj)
-                self._used.add(obj)
-                self._new_subgoal = True
-                return f"You turn on the {obj}."
-            if m[1] == "examine":
-                state = " ".join(sorted(self._objstate.get(obj, ()))) or "normal"
-                return f"This is a {state} {obj}."
-            return "Nothing happens."
-        m = re.fullmatch(r"take (\w+ \d+) from (\w+ \d+)", a)
-        if m:
-            obj, rec = m[1], m[2]
-            if held or not self._visible(rec) or obj not in self._contents[rec] or obj.startswith("desklamp"):
-                return "Nothing happens."
-            self._contents[rec].remove(obj)
-            self._held, self._new_subgoal = obj, True
-            self._searched.clear()
-            return f"You pick up the {obj} from the {rec}."
-        m = re.fullmatch(r"put (\w+ \d+) (?:in/on|in|on) (\w+ \d+)", a)
-        if m:
-            obj, rec = m[1], m[2]
-            if obj != held or not self._visible(rec):
-                return "Nothing happens."
-            self._contents[rec].append(obj)
-            self._held, self._new_subgoal = None, True
-            self._used.add(obj)
-            self._searched.clear()
-            return f"You put the {obj} in/on the {rec}."
-        m = re.fullmatch(r"(clean|heat|cool) (\w+ \d+) with (\w+ \d+)", a)
-        if m:
-            verb, obj, rec = m[1], m[2], m[3]
-            if obj != held or rec != here or _type_of(rec) != _APPLIANCE[verb]:
-                return "Nothing happens."
-            states = self._objstate.setdefault(obj, set())
-            states -= {"hot", "cool"}  # heating undoes cooling and vice versa
-            states.add(_STATE[verb])
-            self._new_subgoal = True
-            return f"You {verb} the {obj} using the {rec}."
-        if m is None and re.fullmatch(r"(go to|open|close|use|examine|take|put|clean|heat|cool) .*", a):
+        if m and m[2] in self._world["recs"]:
+            return self._act_on_receptacle(m[1], m[2])
+        if m and (m[2] == self._held or self._within_reach(m[2])):
+            return self._act_on_object(m[1], m[2])
+        if m := re.fullmatch(r"take (\w+ \d+) from (\w+ \d+)", a):
+            return self._take(m[1], m[2])
+        if m := re.fullmatch(r"put (\w+ \d+) (?:in/on|in|on) (\w+ \d+)", a):
+            return self._put(m[1], m[2])
+        if m := re.fullmatch(r"(clean|heat|cool) (\w+ \d+) with (\w+ \d+)", a):
+            return self._apply(m[1], m[2], m[3])
+        # a known verb whose arguments fit nothing here gets ALFWorld's bare reply; only an unknown
+        # command is told the action language
+        if re.fullmatch(r"(go to|open|close|use|examine|take|put|clean|heat|cool) .*", a):
             return "Nothing happens."
         return f"Nothing happens. Valid actions: {_ACTIONS}."
+
+    def _within_reach(self, obj):
+        here = self._loc
+        return here and self._visible(here) and obj in self._contents[here]
+
+    def _act_on_receptacle(self, verb, rec):
+        if verb == "go to":
+            self._loc = rec
+            if rec not in self._closed:
+                self._searched.add(rec)
+            return self._describe(rec)  # as Reflexion shows it: "You arrive at loc 5. " is cut
+        here = self._loc
+        if verb == "open" and rec == here and rec in self._closed:
+            self._closed.discard(rec)
+            self._searched.add(rec)
+            return f"You open the {rec}. {self._describe(rec)}"
+        if verb == "close" and rec == here and rec in self._world["closed"] and rec not in self._closed:
+            self._closed.add(rec)
+            return f"You close the {rec}."
+        if verb == "examine" and rec == here:
+            return self._describe(rec)
+        return "Nothing happens."
+
+    def _act_on_object(self, verb, obj):
+        """go to / open / close / use / examine an object that is held or in sight."""
+        if verb == "use" and _type_of(obj) == "desklamp":
+            self._lamps_on.add(obj)
+            self._used.add(obj)
+            self._new_subgoal = True
+            return f"You turn on the {obj}."
+        if verb == "examine":
+            state = " ".join(sorted(self._objstate.get(obj, ()))) or "normal"
+            return f"This is a {state} {obj}."
+        return "Nothing happens."
+
+    def _take(self, obj, rec):
+        if (self._held or not self._visible(rec) or obj not in self._contents[rec]
+                or obj.startswith("desklamp")):
+            return "Nothing happens."
+        self._contents[rec].remove(obj)
+        self._held, self._new_subgoal = obj, True
+        self._searched.clear()
+        return f"You pick up the {obj} from the {rec}."
+
+    def _put(self, obj, rec):
+        if obj != self._held or not self._visible(rec):
+            return "Nothing happens."
+        self._contents[rec].append(obj)
+        self._held, self._new_subgoal = None, True
+        self._used.add(obj)
+        self._searched.clear()
+        return f"You put the {obj} in/on the {rec}."
+
+    def _apply(self, verb, obj, rec):
+        """clean / heat / cool the held object with the appliance here."""
+        if obj != self._held or rec != self._loc or _type_of(rec) != _APPLIANCE[verb]:
+            return "Nothing happens."
+        states = self._objstate.setdefault(obj, set())
+        states -= {"hot", "cool"}  # heating undoes cooling and vice versa
+        states.add(_STATE[verb])
+        self._new_subgoal = True
+        return f"You {verb} the {obj} using the {rec}."
 
     def _goal_met(self):
         kind, obj, target = self._task

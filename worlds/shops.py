@@ -129,9 +129,30 @@ def _make_task(rng, category, want, trap) -> dict:
     `trap` (None, "attribute", "price" or "option") names the near miss that tops the search results for
     the instruction's product phrase; with None the target tops them.
     """
-    ctype, attrs, opt_pools, (lo, hi) = category
     want = rng.sample(want, len(want))
-    others = [a for a in attrs if a not in want]
+    others = [a for a in category[1] if a not in want]
+    goal, price = _draw_goal(rng, category, want, trap)
+    for _ in range(50):  # the construction below meets the checks; retry defends against a bad draw
+        used = set()
+        target = _product(rng, category, want + [rng.choice(others)], _options(rng, category, goal), price,
+                          trap is None, used)
+        decoys = _near_misses(rng, category, goal, want, others, used)
+        fillers = _fillers(rng, category, want, others, used)
+        top = decoys[trap] if trap else target
+        rest = [target, *decoys.values(), *fillers]
+        rest.remove(top)
+        shop = [top] + rng.sample(rest, len(rest))
+        ranked = search(shop, goal["phrase"])
+        if (ranked[0] is top and _satisfies(top, goal) == (trap is None)
+                and ranked.index(target) < 4 * PAGE_SIZE and _satisfies(target, goal)):
+            return {**goal, "target": target["asin"], "shop": shop, "by_asin": {p["asin"]: p for p in shop}}
+    raise RuntimeError(f"webshop: could not build a shop for {goal['text']!r}")
+
+
+def _draw_goal(rng, category, want, trap) -> tuple[dict, float]:
+    """The instruction's goal (wanted attributes in `want`'s order, options, budget, text) and the
+    target's price."""
+    ctype, _, opt_pools, (lo, hi) = category
     goal_opts = {t: rng.choice(vals) for t, vals in opt_pools.items()}
     price = rng.randint(lo, hi) - 0.01
     # WebShop's get_human_goals: budget = larger of 2 draws from the 4 multiples of 10 above the price
@@ -141,50 +162,54 @@ def _make_task(rng, category, want, trap) -> dict:
     text = f"{rng.choice(_LEADS)} {phrase} with {opts_text}, and price lower than {budget:.2f} dollars"
     goal = {"type": ctype, "attrs": tuple(want), "options": goal_opts, "budget": budget, "phrase": phrase,
             "text": text, "trap": trap}
+    return goal, price
 
-    def options(missing=None):  # offered values per option type, the wanted one among them but for `missing`
-        out = {}
-        for t, vals in opt_pools.items():
-            rest = [v for v in vals if v != goal_opts[t]]
-            k = rng.randint(2, min(4, len(rest)))
-            out[t] = rng.sample(rest, k) if t == missing else rng.sample(rest, k - 1)
-            if t != missing:
-                out[t].insert(rng.randrange(k), goal_opts[t])
-        return out
 
-    def cheap():
-        return rng.randint(lo, int(budget) - 1) + 0.99
+def _options(rng, category, goal, missing=None) -> dict:
+    """Offered values per option type, the goal's one among them but for option type `missing`."""
+    out = {}
+    for t, vals in category[2].items():
+        rest = [v for v in vals if v != goal["options"][t]]
+        k = rng.randint(2, min(4, len(rest)))
+        out[t] = rng.sample(rest, k) if t == missing else rng.sample(rest, k - 1)
+        if t != missing:
+            out[t].insert(rng.randrange(k), goal["options"][t])
+    return out
 
-    for _ in range(50):  # the construction below meets the checks; retry defends against a bad draw
-        used = set()
-        target = _product(rng, category, want + [rng.choice(others)], options(), price, trap is None, used)
-        decoys = {
-            "attribute": _product(rng, category, [rng.choice(want)] + rng.sample(others, 2), options(),
-                                  cheap(), trap == "attribute", used),
-            "price": _product(rng, category, want + [rng.choice(others)], options(),
-                              budget + rng.randint(0, 14) + 0.99, trap == "price", used),
-            "option": _product(rng, category, want + [rng.choice(others)],
-                               options(rng.choice(list(opt_pools))), cheap(), trap == "option", used),
-        }
-        fillers = []
-        for _ in range(rng.randint(3, 5)):
-            a = rng.sample(others, 3) if rng.random() < 0.5 else rng.sample(others, 2) + [rng.choice(want)]
-            opts = {t: rng.sample(v, rng.randint(2, min(4, len(v)))) for t, v in opt_pools.items()}
-            fillers.append(_product(rng, category, a, opts, rng.randint(lo, hi) - 0.01, rng.random() < 0.3,
-                                    used))
-        for cat in rng.sample([c for c in CATEGORIES if c[0] != ctype], rng.randint(2, 3)):
-            opts = {t: rng.sample(v, rng.randint(2, min(4, len(v)))) for t, v in cat[2].items()}
-            fillers.append(_product(rng, cat, rng.sample(cat[1], 3), opts, rng.randint(*cat[3]) - 0.01,
-                                    False, used))
-        top = decoys[trap] if trap else target
-        rest = [target, *decoys.values(), *fillers]
-        rest.remove(top)
-        shop = [top] + rng.sample(rest, len(rest))
-        ranked = search(shop, phrase)
-        if (ranked[0] is top and _satisfies(top, goal) == (trap is None)
-                and ranked.index(target) < 4 * PAGE_SIZE and _satisfies(target, goal)):
-            return {**goal, "target": target["asin"], "shop": shop, "by_asin": {p["asin"]: p for p in shop}}
-    raise RuntimeError(f"webshop: could not build a shop for {text!r}")
+
+def _cheap(rng, category, goal) -> float:
+    """A price within the budget."""
+    return rng.randint(category[3][0], int(goal["budget"]) - 1) + 0.99
+
+
+def _near_misses(rng, category, goal, want, others, used) -> dict:
+    """The products that miss the goal by one thing: a wanted attribute, the budget, an option."""
+    trap, opt_pools = goal["trap"], category[2]
+    return {
+        "attribute": _product(rng, category, [rng.choice(want)] + rng.sample(others, 2),
+                              _options(rng, category, goal), _cheap(rng, category, goal),
+                              trap == "attribute", used),
+        "price": _product(rng, category, want + [rng.choice(others)], _options(rng, category, goal),
+                          goal["budget"] + rng.randint(0, 14) + 0.99, trap == "price", used),
+        "option": _product(rng, category, want + [rng.choice(others)],
+                           _options(rng, category, goal, rng.choice(list(opt_pools))),
+                           _cheap(rng, category, goal), trap == "option", used),
+    }
+
+
+def _fillers(rng, category, want, others, used) -> list:
+    """3-5 products of the same type that match the goal less, then some of 2-3 other categories."""
+    ctype, _, opt_pools, (lo, hi) = category
+    fillers = []
+    for _ in range(rng.randint(3, 5)):
+        a = rng.sample(others, 3) if rng.random() < 0.5 else rng.sample(others, 2) + [rng.choice(want)]
+        opts = {t: rng.sample(v, rng.randint(2, min(4, len(v)))) for t, v in opt_pools.items()}
+        fillers.append(_product(rng, category, a, opts, rng.randint(lo, hi) - 0.01, rng.random() < 0.3, used))
+    for cat in rng.sample([c for c in CATEGORIES if c[0] != ctype], rng.randint(2, 3)):
+        opts = {t: rng.sample(v, rng.randint(2, min(4, len(v)))) for t, v in cat[2].items()}
+        fillers.append(_product(rng, cat, rng.sample(cat[1], 3), opts, rng.randint(*cat[3]) - 0.01, False,
+                                used))
+    return fillers
 
 
 def make_tasks(split: str, seed: int, n_tasks: int, difficulty: float) -> list:
