@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import formats.checkpoint
+import formats.gguf
 import formats.tokenizer
 
 
@@ -268,8 +269,10 @@ def _to_col_major(w, device, dtype):
 
 
 def from_pretrained(path, device="cpu", dtype=None) -> Transformer:
-    """Load a Hugging Face (config.json) or Meta (params.json + consolidated.*.pth) Llama/GPT-2 folder."""
-    fields, sd, source = formats.checkpoint.load_checkpoint(path)
+    """Load a Hugging Face (config.json) or Meta (params.json + consolidated.*.pth) Llama/GPT-2 folder, or a
+    GGUF file (or a folder holding one); quantized GGUF weights are dequantized to float32."""
+    gguf = formats.gguf.gguf_file(path)
+    fields, sd, source = formats.gguf.load_gguf(gguf) if gguf else formats.checkpoint.load_checkpoint(path)
     cfg = ModelConfig(**fields)
     if dtype is None:  # keep the checkpoint's own dtype
         emb = sd["tok_emb.weight"]
@@ -306,8 +309,9 @@ def save_pretrained(model: Transformer, path):
 
 def load_tokenizer(path) -> formats.tokenizer.Tokenizer:
     """Folder (or file) with tokenizer.json, tokenizer.model (tiktoken format), vocab.json + merges.txt,
-    or encoder.json + vocab.bpe; see formats/tokenizer.py."""
-    return formats.tokenizer.load_tokenizer(path)
+    or encoder.json + vocab.bpe, or a GGUF file (its tokenizer metadata); see formats/."""
+    gguf = formats.gguf.gguf_file(path, "tokenizer")
+    return formats.gguf.load_gguf_tokenizer(gguf) if gguf else formats.tokenizer.load_tokenizer(path)
 
 
 # -----------------------------------------------------------------------------

@@ -115,7 +115,7 @@ def _config_from_meta(p: dict, path, vocab_size: int) -> dict:
         raise ValueError(f"{path}: params.json is missing key {e}") from None
 
 
-def _permute_rotary(w, n_heads):
+def permute_rotary(w, n_heads):
     # Meta rotates interleaved pairs (2i, 2i+1); HF's converter permutes q/k rows so the rotate_half
     # RoPE (pairs i, i + hd/2) computes the same thing. We do the same at load time.
     out, inp = w.shape
@@ -179,7 +179,7 @@ def _checkpoint_schema(cfg: dict, layout: str):
             fn = same(f"{o}{ours}.weight")
             if not hf and ours in ("attn.q_proj", "attn.k_proj"):
                 nh = cfg["n_heads"] if ours == "attn.q_proj" else cfg["n_kv_heads"]
-                fn = lambda t, n=f"{o}{ours}.weight", nh=nh: {n: _permute_rotary(t, nh)}
+                fn = lambda t, n=f"{o}{ours}.weight", nh=nh: {n: permute_rotary(t, nh)}
             key = f"model.layers.{i}.{hf_name}.weight" if hf else f"layers.{i}.{meta_name}.weight"
             s[key] = (shape, fn)
     return s

@@ -1,8 +1,9 @@
-"""Tokenizers: one byte-level BPE `Tokenizer` on tiktoken, its Llama 3 chat template, and the loaders.
+"""Tokenizers: a byte-level BPE `Tokenizer` on tiktoken, its chat formats (Llama 3, ChatML), the loaders.
 
 Every source (tokenizer.json, tokenizer.model in tiktoken format, vocab.json + merges.txt, encoder.json +
-vocab.bpe) becomes one tiktoken.Encoding: byte-level BPE vocab -> {token bytes: rank}, a split regex,
-and special tokens. tiktoken's token ids are its ranks, so a vocab's ids must be in merge order.
+vocab.bpe; GGUF metadata in formats/gguf.py) becomes one tiktoken.Encoding: byte-level BPE vocab -> {token
+bytes: rank}, a split regex, and special tokens. tiktoken's token ids are its ranks, so a vocab's ids must be
+in merge order. The chat format is recognised from the checkpoint's jinja chat_template and rendered here.
 """
 
 import base64
@@ -10,7 +11,10 @@ import functools
 import itertools
 import json
 import os
+import re
+import unicodedata
 
+import regex  # installed with tiktoken (its dependency)
 import tiktoken
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -18,6 +22,21 @@ LLAMA3_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# Qwen2's Split regex: like Llama 3's, but digits one by one
+QWEN2_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def digits_pattern(individual=True) -> str:
+    r"""One regex for tokenizer.json's Sequence[Digits, ByteLevel] (SmolLM2, StarCoder): digits are split off
+    first (one by one, or whole runs), then GPT-2's regex runs within the rest. No piece spans a digit, so
+    GPT-2's ` ?\p{N}+` goes, and its `\s+(?!\S)` (true at the end of a piece) also holds before a digit."""
+    digits = r"\p{N}" if individual else r"\p{N}+"
+    return digits + r"""|'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+"""
+
+
 # Meta's llama3 tokenizer.py: 256 specials numbered right after the mergeable ranks (128000 for Llama 3).
 LLAMA3_SPECIALS = [
     "<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>",
@@ -27,22 +46,61 @@ LLAMA3_SPECIALS = [
 CHAT_ROLES = ("system", "user", "assistant")
 
 
+CHATML_SPECIALS = ("<|im_start|>", "<|im_end|>")
+LLAMA3_CHAT_SPECIALS = ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
+
+
+def chat_format(template: str | None, special_tokens) -> tuple[str, str | None]:
+    r"""(format, default system message) of a jinja chat_template, recognised without jinja.
+
+    "chatml" (Qwen, SmolLM2: <|im_start|>role\ncontent<|im_end|>\n) with the system message the template
+    inserts when the conversation has none, or "llama3". Without a template, or with one not recognised,
+    the format the special tokens allow, Llama 3 first (what this class always rendered).
+    """
+    if template and "<|start_header_id|>" in template:
+        return "llama3", None
+    if template and "<|im_start|>" in template:
+        # a constant system turn in the template, e.g. '<|im_start|>system\nYou are a helpful ...<|im_end|>\n'
+        # (the newline a real one, or \n in a JSON-escaped template); a quote would mean an expression
+        m = re.search(r"<\|im_start\|>system(\n|\\n)([^'\"{}]*?)<\|im_end\|>", template)
+        if m is None:
+            return "chatml", None
+        return "chatml", m.group(2).replace("\\n", "\n") if m.group(1) != "\n" else m.group(2)
+    if all(t in special_tokens for t in CHATML_SPECIALS) and "<|start_header_id|>" not in special_tokens:
+        return "chatml", None
+    return "llama3", None
+
+
 class Tokenizer:
-    """Byte-level BPE on tiktoken. Special-token text is plain text unless allowed_special says otherwise."""
+    """Byte-level BPE on tiktoken. Special-token text is plain text unless allowed_special says otherwise.
+
+    drop_unknown_bytes: a Hugging Face BPE vocab may lack tokens for some bytes (SmolLM2's lacks 21), which
+    the `tokenizers` library drops from a piece before merging; tiktoken needs every byte, so these get
+    placeholder ranks past the vocab (never emitted) and text holding them is encoded the `tokenizers` way.
+    normalizer: "NFC" (Qwen2) or None, applied to text before encoding.
+    """
 
     def __init__(self, mergeable_ranks: dict[bytes, int], pat_str: str, special_tokens: dict[str, int],
-                 eos: str | None = None, bos: str | None = None):
+                 eos: str | None = None, bos: str | None = None, chat_template: str | None = None,
+                 drop_unknown_bytes: bool = False, normalizer: str | None = None):  # fmt: skip
         missing = [b for b in range(256) if bytes([b]) not in mergeable_ranks]
-        if missing:  # tiktoken cannot encode a byte that has no token
+        if missing and not drop_unknown_bytes:  # tiktoken cannot encode a byte that has no token
             raise ValueError(f"tokenizer vocab lacks tokens for {len(missing)} of 256 bytes: {missing[:5]}")
         clash = set(special_tokens.values()) & set(mergeable_ranks.values())
         if clash:
             raise ValueError(f"special token ids {sorted(clash)[:5]} are also ids of ordinary tokens")
+        if normalizer not in (None, "NFC"):
+            raise ValueError(f"normalizer {normalizer!r} is not supported (None or 'NFC')")
         self.mergeable_ranks, self.pat_str = mergeable_ranks, pat_str
         self.special_tokens = dict(special_tokens)
-        self.enc = tiktoken.Encoding("retroformer", pat_str=pat_str, mergeable_ranks=mergeable_ranks,
+        self.vocab_size = max([*mergeable_ranks.values(), *special_tokens.values()]) + 1
+        self.drop_unknown_bytes, self.normalizer = drop_unknown_bytes, normalizer
+        self._lacking = bytes(missing)  # bytes without a token, and (below) the others
+        self._kept = bytes(b for b in range(256) if b not in missing)
+        ranks = mergeable_ranks | {bytes([b]): self.vocab_size + i for i, b in enumerate(missing)}
+        self.enc = tiktoken.Encoding("retroformer", pat_str=pat_str, mergeable_ranks=ranks,
                                      special_tokens=self.special_tokens)
-        self.vocab_size = self.enc.n_vocab
+        self._pat = regex.compile(pat_str) if missing else None
         if eos is None:  # GPT-2, then Llama 3 base; instruct models name <|eot_id|> in tokenizer_config.json
             eos = next((t for t in ("<|endoftext|>", "<|end_of_text|>", "<|eot_id|>") if t in special_tokens),
                        None)
@@ -57,22 +115,66 @@ class Tokenizer:
         self.eos, self.bos = eos, bos
         self.eos_id = special_tokens[eos]
         self.bos_id = special_tokens[bos] if bos is not None else None
-        # generation stops at any end-of-turn token, not only eos (chat models end turns with <|eot_id|>)
-        ends = ("<|endoftext|>", "<|end_of_text|>", "<|eot_id|>", "<|eom_id|>")
+        self.chat_template = chat_template
+        self.chat_format, self.default_system = chat_format(chat_template, special_tokens)
+        # generation stops at any end-of-turn token, not only eos (chat models end turns with <|eot_id|>,
+        # ChatML ones with <|im_end|>)
+        ends = ("<|endoftext|>", "<|end_of_text|>", "<|eot_id|>", "<|eom_id|>", "<|im_end|>")
         self.stop_ids = sorted({self.eos_id} | {special_tokens[t] for t in ends if t in special_tokens})
 
     @classmethod
-    def from_ranks(cls, mergeable_ranks, pat_str, special_tokens, eos=None, bos=None) -> "Tokenizer":
-        return cls(mergeable_ranks, pat_str, special_tokens, eos=eos, bos=bos)
+    def from_ranks(cls, mergeable_ranks, pat_str, special_tokens, eos=None, bos=None, **kw) -> "Tokenizer":
+        return cls(mergeable_ranks, pat_str, special_tokens, eos=eos, bos=bos, **kw)
 
     def encode(self, text: str, allowed_special="none") -> list[int]:
-        if allowed_special == "none":
-            return self.enc.encode_ordinary(text)
-        if allowed_special != "all":
+        if allowed_special not in ("none", "all"):
             unknown = set(allowed_special) - set(self.special_tokens)
             if unknown:
                 raise ValueError(f"allowed_special names unknown special tokens {sorted(unknown)}")
+        if self.normalizer:
+            text = unicodedata.normalize(self.normalizer, text)
+        if self._lacking:
+            try:
+                raw = text.encode()
+            except UnicodeEncodeError:  # lone surrogates: replaced, as tiktoken does
+                text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+                raw = text.encode()
+            if raw.translate(None, self._kept):  # the text holds a byte the vocab lacks
+                return self._encode_dropping(text, allowed_special)
+        if allowed_special == "none":
+            return self.enc.encode_ordinary(text)
         return self.enc.encode(text, allowed_special=allowed_special, disallowed_special=())
+
+    def _encode_dropping(self, text, allowed_special) -> list[int]:
+        """encode() of text holding bytes without a token, as `tokenizers` does it: split into pieces by the
+        regex, drop those bytes from each piece, then BPE what is left (its bytes may now merge)."""
+        allowed = {"none": (), "all": self.special_tokens}.get(allowed_special, allowed_special)
+        parts = [text]
+        if allowed:  # special tokens split the text first, longest first where two overlap
+            alts = "|".join(regex.escape(t) for t in sorted(allowed, key=len, reverse=True))
+            parts = regex.split(f"({alts})", text)
+        ids = []
+        for i, part in enumerate(parts):
+            if i % 2:
+                ids.append(self.special_tokens[part])
+                continue
+            for piece in self._pat.findall(part):
+                kept = piece.encode().translate(None, self._lacking)
+                if kept:
+                    ids += self._bpe(kept)
+        return ids
+
+    def _bpe(self, piece: bytes) -> list[int]:
+        """One piece's byte-pair merges, as tiktoken does them: the pair of lowest rank first. Only text
+        holding bytes without a token comes here, so plain Python is fast enough."""
+        parts = [piece[i : i + 1] for i in range(len(piece))]
+        while len(parts) > 1:
+            rank, i = min((self.mergeable_ranks.get(parts[i] + parts[i + 1], float("inf")), i)
+                          for i in range(len(parts) - 1))  # fmt: skip
+            if rank == float("inf"):
+                break
+            parts[i : i + 2] = [parts[i] + parts[i + 1]]
+        return [self.mergeable_ranks[p] for p in parts]
 
     def decode(self, ids) -> str:
         ids = [int(i) for i in ids]  # accepts tensors and numpy arrays too
@@ -85,26 +187,41 @@ class Tokenizer:
             raise ValueError(f"decode: {e.args[0]}") from None
 
     def _chat_parts(self, messages, add_generation_prompt):
-        """Llama 3 chat format as (text, is_control) pieces."""
-        need = ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
-        if any(t not in self.special_tokens for t in need):
-            raise ValueError(f"the Llama 3 chat template needs special tokens {need}; tokenizer lacks them")
-        messages, parts = list(messages), [("<|begin_of_text|>", True)]
-        turns = messages + ([{"role": "assistant"}] if add_generation_prompt else [])
-        for i, m in enumerate(turns):
+        """The chat format as (text, is_control) pieces."""
+        messages = list(messages)
+        for i, m in enumerate(messages + ([{"role": "assistant"}] if add_generation_prompt else [])):
             if not isinstance(m, dict) or m.get("role") not in CHAT_ROLES:
                 raise ValueError(f"chat message {i}: expected a dict with role in {CHAT_ROLES}, got {m!r}")
-            parts += [("<|start_header_id|>", True), (m["role"], False), ("<|end_header_id|>", True),
-                      ("\n\n", False)]
-            if i == len(messages):  # the generation prompt: an open assistant header
-                break
-            if not isinstance(m.get("content"), str):
+            if i < len(messages) and not isinstance(m.get("content"), str):
                 raise ValueError(f"chat message {i}: 'content' must be a string, got {m.get('content')!r}")
-            parts += [(m["content"].strip(), False), ("<|eot_id|>", True)]
+        need = CHATML_SPECIALS if self.chat_format == "chatml" else LLAMA3_CHAT_SPECIALS
+        if any(t not in self.special_tokens for t in need):
+            name = "ChatML" if self.chat_format == "chatml" else "Llama 3"
+            raise ValueError(f"the {name} chat template needs special tokens {need}; tokenizer lacks them")
+        if self.chat_format == "chatml":
+            # <|im_start|>role\ncontent<|im_end|>\n, content as is; the template's system turn comes first
+            # when the conversation has none
+            if self.default_system is not None and messages and messages[0]["role"] != "system":
+                messages = [{"role": "system", "content": self.default_system}] + messages
+            parts = []
+            for m in messages:
+                parts += [("<|im_start|>", True), (f"{m['role']}\n{m['content']}", False),
+                          ("<|im_end|>", True), ("\n", False)]  # fmt: skip
+            if add_generation_prompt:
+                parts += [("<|im_start|>", True), ("assistant\n", False)]
+            return parts
+        parts = [("<|begin_of_text|>", True)]  # Llama 3: content stripped, a header per turn
+        for m in messages:
+            parts += [("<|start_header_id|>", True), (m["role"], False), ("<|end_header_id|>", True),
+                      ("\n\n" + m["content"].strip(), False), ("<|eot_id|>", True)]  # fmt: skip
+        if add_generation_prompt:  # an open assistant header
+            parts += [("<|start_header_id|>", True), ("assistant", False), ("<|end_header_id|>", True),
+                      ("\n\n", False)]  # fmt: skip
         return parts
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt=True) -> str:
-        """Llama 3 chat format. Encode with allowed_special="all"; encode_chat also keeps content inert."""
+        """The chat format's string (Llama 3 or ChatML). Encode with allowed_special="all"; encode_chat also
+        keeps content inert."""
         return "".join(t for t, _ in self._chat_parts(messages, add_generation_prompt))
 
     def encode_chat(self, messages: list[dict], add_generation_prompt=True) -> list[int]:
@@ -125,6 +242,9 @@ class Tokenizer:
             for tok, rank in sorted(self.mergeable_ranks.items(), key=lambda kv: kv[1]):
                 f.write(f"{base64.b64encode(tok).decode()} {rank}\n")
         cfg = dict(pat_str=self.pat_str, special_tokens=self.special_tokens, eos=self.eos, bos=self.bos)
+        extra = dict(chat_template=self.chat_template, normalizer=self.normalizer,
+                     drop_unknown_bytes=self.drop_unknown_bytes)  # fmt: skip
+        cfg |= {k: v for k, v in extra.items() if v}  # only when set: older files stay as they were
         with open(os.path.join(path, "tiktoken_config.json"), "w") as f:
             json.dump(cfg, f, indent=1)
 
@@ -137,7 +257,7 @@ def _byte_decoder() -> dict[str, int]:
     return {chr(b): b for b in bs} | {chr(256 + n): b for n, b in enumerate(extra)}
 
 
-def _bpe_to_ranks(vocab: dict[str, int], merges: list, where: str, specials: dict[str, int], check=True):
+def bpe_to_ranks(vocab: dict[str, int], merges: list, where: str, specials: dict[str, int], check=True):
     """Byte-level BPE (vocab with bytes_to_unicode strings + merge list) -> tiktoken ranks and specials.
 
     tiktoken merges the adjacent pair whose concatenation has the lowest rank (and takes a whole piece
@@ -225,7 +345,19 @@ def _read_tiktoken_ranks(file) -> dict[bytes, int]:
     return ranks
 
 
+def _post_processor_bos(pp: dict) -> str:
+    """The token a tokenizer.json post_processor puts before a sequence ("" for none): what `tokenizers`
+    prepends when encoding with add_special_tokens, so the bos a plain prompt starts with."""
+    for p in pp.get("processors", []) if pp.get("type") == "Sequence" else [pp]:
+        if p.get("type") == "TemplateProcessing":
+            return ((p.get("single") or [{}])[0].get("SpecialToken") or {}).get("id", "")
+        if p.get("type") in ("RobertaProcessing", "BertProcessing"):
+            return p["cls"][0]
+    return ""
+
+
 def _load_tokenizer_json(file, specials):
+    """(ranks, split regex, specials, Tokenizer options) of a byte-level BPE tokenizer.json."""
     tj = read_json(file)
     model = tj.get("model") or {}
     pre = tj.get("pre_tokenizer") or {}
@@ -234,36 +366,59 @@ def _load_tokenizer_json(file, specials):
     norm = (tj.get("normalizer") or {}).get("type")
     found = f"model {model.get('type')!r}, pre_tokenizer {kinds}, normalizer {norm}"
     supported = "only byte-level BPE (GPT-2 / Llama 3 style: BPE with a ByteLevel pre-tokenizer) is supported"
-    if (model.get("type") != "BPE" or "ByteLevel" not in kinds or set(kinds) - {"ByteLevel", "Split"}
-            or tj.get("normalizer") or model.get("byte_fallback")):
+    if (model.get("type") != "BPE" or "ByteLevel" not in kinds or len(kinds) > 2
+            or set(kinds) - {"ByteLevel", "Split", "Digits"} or norm not in (None, "NFC")
+            or model.get("byte_fallback")):  # fmt: skip
         raise ValueError(f"{file}: found {found}; {supported}")
     byte_level = steps[kinds.index("ByteLevel")]
-    split = steps[kinds.index("Split")] if "Split" in kinds else None
+    first = steps[0] if len(steps) == 2 else None
     if any((byte_level.get("add_prefix_space"), model.get("continuing_subword_prefix"),
             model.get("end_of_word_suffix"))):
         raise ValueError(f"{file}: add_prefix_space / subword prefix or suffix are not supported")
-    mode = split and (split.get("behavior"), split.get("invert", False), "Regex" in split.get("pattern", {}))
-    if split is None:
+    if first is None:
         pat = GPT2_PATTERN
-    elif mode != ("Isolated", False, True):
-        raise ValueError(f"{file}: only an isolating Split with a Regex pattern is supported, got {split}")
+    elif kinds != [first["type"], "ByteLevel"]:
+        raise ValueError(f"{file}: pre_tokenizer {kinds}: ByteLevel must come last")
+    elif first["type"] == "Digits":  # SmolLM2, StarCoder: digits split off, then ByteLevel's GPT-2 regex
+        if not byte_level.get("use_regex", True):
+            raise ValueError(f"{file}: Digits followed by ByteLevel(use_regex=false) is not supported")
+        pat = digits_pattern(bool(first.get("individual_digits")))
+    elif (first.get("behavior"), first.get("invert", False), "Regex" in first.get("pattern", {})) != (
+            "Isolated", False, True):  # fmt: skip
+        raise ValueError(f"{file}: only an isolating Split with a Regex pattern is supported, got {first}")
     elif byte_level.get("use_regex", True):
         raise ValueError(f"{file}: a Split regex followed by ByteLevel(use_regex=true) is not supported")
     else:
-        pat = split["pattern"]["Regex"]
+        pat = first["pattern"]["Regex"]
     for t in tj.get("added_tokens") or []:
         if not t.get("special"):
             raise ValueError(f"{file}: added token {t.get('content')!r} is not special; not supported")
         specials = {**specials, t["content"]: t["id"]}
     merges = [m.split(" ") if isinstance(m, str) else m for m in model.get("merges", [])]
     check = not model.get("ignore_merges")  # set in vocabs converted from tiktoken ranks (Llama 3)
-    ranks, specials = _bpe_to_ranks(model.get("vocab", {}), merges, file, specials, check=check)
-    return ranks, pat, specials
+    ranks, specials = bpe_to_ranks(model.get("vocab", {}), merges, file, specials, check=check)
+    opts = dict(normalizer=norm, drop_unknown_bytes=True)
+    if tj.get("post_processor"):  # it, not tokenizer_config's bos_token, says whether a bos is prepended
+        opts["bos"] = _post_processor_bos(tj["post_processor"]) or None
+    return ranks, pat, specials, opts
+
+
+def _chat_template(cfg: dict, folder) -> str | None:
+    """tokenizer_config.json's chat_template (a string, or named templates: the default one), else
+    chat_template.jinja, which newer transformers write beside it."""
+    t = cfg.get("chat_template")
+    if isinstance(t, list):
+        t = next((x.get("template") for x in t if isinstance(x, dict) and x.get("name") == "default"), None)
+    if t is None and os.path.isfile(os.path.join(folder, "chat_template.jinja")):
+        with open(os.path.join(folder, "chat_template.jinja"), encoding="utf-8") as f:
+            t = f.read()
+    return t if isinstance(t, str) else None
 
 
 def load_tokenizer(path) -> Tokenizer:
     """Folder (or file) with tokenizer.json, tokenizer.model (tiktoken format), vocab.json + merges.txt,
-    or encoder.json + vocab.bpe. tokenizer_config.json / special_tokens_map.json, if present, name eos/bos."""
+    or encoder.json + vocab.bpe. tokenizer_config.json / special_tokens_map.json, if present, name eos/bos
+    and hold the chat template."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"tokenizer path {path} does not exist")
@@ -285,8 +440,12 @@ def load_tokenizer(path) -> Tokenizer:
     specials = {t["content"]: int(i) for i, t in (cfg.get("added_tokens_decoder") or {}).items()}
     specials |= cfg.get("special_tokens", {})
     pat = cfg.get("pat_str")
+    # Hugging Face BPE vocabs may lack bytes (see Tokenizer); a tiktoken file must have them all
+    opts = dict(drop_unknown_bytes=kind != "tiktoken" or bool(cfg.get("drop_unknown_bytes")),
+                normalizer=cfg.get("normalizer"))  # fmt: skip
     if kind == "json":
-        ranks, pat, specials = _load_tokenizer_json(file("tokenizer.json"), specials)
+        ranks, pat, specials, json_opts = _load_tokenizer_json(file("tokenizer.json"), specials)
+        opts |= json_opts
     elif kind == "tiktoken":
         ranks = _read_tiktoken_ranks(file("tokenizer.model"))
         pat = pat or LLAMA3_PATTERN
@@ -296,8 +455,13 @@ def load_tokenizer(path) -> Tokenizer:
         for f in (v, m):
             if not os.path.isfile(file(f)):
                 raise FileNotFoundError(f"{file(f)} is missing: a GPT-2 tokenizer needs both {v} and {m}")
-        ranks, specials = _bpe_to_ranks(read_json(file(v)), _read_merges(file(m)), file(v), specials)
+        ranks, specials = bpe_to_ranks(read_json(file(v)), _read_merges(file(m)), file(v), specials)
         pat = pat or GPT2_PATTERN
     token = lambda k: (cfg.get(k) or {}).get("content") if isinstance(cfg.get(k), dict) else cfg.get(k)
     eos, bos = token("eos") or token("eos_token"), token("bos") or token("bos_token")
-    return Tokenizer(ranks, pat, specials, eos=eos, bos=bos)
+    # whether a plain prompt starts with bos: tokenizer_config's add_bos_token if set, else what the
+    # tokenizer.json post-processor prepends (SmolLM2 names <|im_start|> its bos_token but never adds it)
+    adds_bos, post_bos = cfg.get("add_bos_token"), opts.pop("bos", bos)
+    bos = None if adds_bos is False else post_bos if adds_bos is None else bos
+    chat = _chat_template(cfg, folder)
+    return Tokenizer(ranks, pat, specials, eos=eos, bos=bos, chat_template=chat, **opts)

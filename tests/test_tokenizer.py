@@ -43,7 +43,7 @@ def _corpus(n_lines=1500):
     return [line + rng.choice(["\n", "\n\n", "\t", "  ", ". "]) for line in lines]
 
 
-def _bytes_to_unicode():
+def bytes_to_unicode():
     """GPT-2's byte -> printable character table, written out independently of formats/tokenizer.py."""
     printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
     table = {b: chr(b) for b in printable}
@@ -52,7 +52,7 @@ def _bytes_to_unicode():
     return table
 
 
-def _train(pre_tokenizer, specials, vocab_size):
+def train_hf(pre_tokenizer, specials, vocab_size):
     tok = HFTokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizer
     tok.decoder = decoders.ByteLevel()
@@ -70,7 +70,7 @@ def _train(pre_tokenizer, specials, vocab_size):
 def gpt2(tmp_path_factory):
     """GPT-2-style tokenizer saved as vocab.json+merges.txt, encoder.json+vocab.bpe and tokenizer.json."""
     root = tmp_path_factory.mktemp("gpt2")
-    hf = _train(pre_tokenizers.ByteLevel(add_prefix_space=False), ["<|endoftext|>"], 700)
+    hf = train_hf(pre_tokenizers.ByteLevel(add_prefix_space=False), ["<|endoftext|>"], 700)
     for d in ("hf", "openai", "json"):
         os.makedirs(root / d)
     hf.model.save(str(root / "hf"))
@@ -90,12 +90,12 @@ def llama3(tmp_path_factory):
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
-    hf = _train(pre, [], 900)
+    hf = train_hf(pre, [], 900)
     hf.add_special_tokens(LLAMA3_SPECIALS)  # numbered after the vocab, as Meta's tokenizer.py does
     for d in ("json", "tiktoken"):
         os.makedirs(root / d)
     hf.save(str(root / "json" / "tokenizer.json"))
-    char_to_byte = {c: b for b, c in _bytes_to_unicode().items()}
+    char_to_byte = {c: b for b, c in bytes_to_unicode().items()}
     vocab = hf.get_vocab(with_added_tokens=False)
     with open(root / "tiktoken" / "tokenizer.model", "w") as f:
         for tok, rank in sorted(vocab.items(), key=lambda kv: kv[1]):
@@ -342,7 +342,7 @@ def test_constructor_errors():
 
 
 def _write_gpt2(folder, merges, extra_vocab):
-    chars = list(_bytes_to_unicode().values())
+    chars = list(bytes_to_unicode().values())
     vocab = {c: i for i, c in enumerate(chars)} | {t: 256 + i for i, t in enumerate(extra_vocab)}
     (folder / "vocab.json").write_text(json.dumps(vocab | {"<|endoftext|>": len(vocab)}))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
