@@ -106,13 +106,13 @@ def scripted_trial(env, i: int, rng: random.Random, memory=()) -> actor.Trajecto
     return traj
 
 
-def _steps(traj):
+def trial_steps(traj):
     return [s[:3] for s in traj.steps]
 
 
 def correct_reflection(env, traj) -> str | None:
     """env.plan of a failed trial (the env must still be on that task: plan reads its question)."""
-    return env.plan(_steps(traj))
+    return env.plan(trial_steps(traj))
 
 
 def _swap(rng, options, right):
@@ -415,7 +415,7 @@ def measure(path: str = OUT, n_tasks: int = 30, seed: int = 0):
         right, wrong = [], []
         for t in failed:
             env.reset(t.task)
-            right.append(env.plan(_steps(t)))
+            right.append(env.plan(trial_steps(t)))
             wrong.append(wrong_reflection(env, t, right[-1], rng))
         fix = [(t, r) for t, r in zip(failed, right, strict=True) if r]
         ok = lambda trajs: sum(t.success for t in trajs)

@@ -72,7 +72,7 @@ def test_names_drill_pairs_are_hotpotqa_failures_on_names_no_split_holds():
         assert all(p.startswith(stems) for p in people)
         env.reset(t.task)
         assert t.instruction.endswith(env.question)
-        right += reflection == env.plan(P._steps(t))
+        right += reflection == env.plan(P.trial_steps(t))
     assert 0 < right < len(pairs)
 
 
