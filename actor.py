@@ -13,12 +13,10 @@ import concurrent.futures
 import copy
 import json
 import logging
-import os
 import re
 import threading
 from dataclasses import asdict, dataclass, field
 
-import requests
 import torch
 
 import model as modelpy
@@ -293,7 +291,7 @@ def run_trial(env, i: int, llm, reflections=(), trial: int = 0, examples=(), k: 
     return ep.traj
 
 
-class LLMError(RuntimeError):
+class LLMError(http.ServiceError):
     """The backend could not complete a prompt (retries exhausted, or an error retrying cannot fix)."""
 
 
@@ -338,7 +336,7 @@ def run_trials(make_env, tasks, llm, memories=None, trial: int = 0, log_path=Non
     step = lambda eps: llm.complete([ep.prompt() for ep in eps], max_tokens, temperature, STOP)
     run = parallel.run_batched if getattr(llm, "batched", False) else parallel.run_threaded
     with book:
-        run(book, range(len(tasks)), start, void, step, concurrency, errors=(LLMError,))
+        run(book, range(len(tasks)), start, void, step, concurrency, errors=(http.ServiceError,))
     errors = [t for t in book.results if t.error]
     if errors:
         reasons = collections.Counter(t.error for t in errors).most_common(3)
@@ -356,11 +354,11 @@ def run_trials(make_env, tasks, llm, memories=None, trial: int = 0, log_path=Non
 class HTTPLLM:
     """An OpenAI-compatible endpoint (OpenAI, vLLM, llama.cpp server, Ollama, `actor.py serve`).
 
-    api: "completions" (POST {base_url}/completions, the prompt as is) or "chat" (POST
-    {base_url}/chat/completions, the prompt as one user message). The key is read from the environment
-    variable api_key_env (none is sent when it is unset) and never printed or logged. Failures are
-    retried as infra/http.py says; 400/401/404 raise LLMError at once with what to fix. Tokens are
-    counted with `tokenizer` (a model.py Tokenizer) when given, else with estimate_tokens()."""
+    api: "completions" (the prompt as is) or "chat" (the prompt as one user message). The key is read
+    from the environment variable api_key_env (none is sent when it is unset) and never printed or
+    logged. infra/http.py speaks the protocol and retries what can be retried; other errors raise
+    LLMError at once with what to fix. Tokens are counted with `tokenizer` (a model.py Tokenizer) when
+    given, else with estimate_tokens()."""
 
     batched = False
 
@@ -369,23 +367,23 @@ class HTTPLLM:
                  context_window: int = 8192, max_concurrency: int = 8, timeout=(5.0, 120.0),
                  max_retries: int = 6, backoff: float = 1.0, max_backoff: float = 60.0,
                  top_p: float = 1.0):  # fmt: skip
-        if api not in ("completions", "chat"):
-            raise ValueError(f"HTTPLLM: api must be 'completions' or 'chat', got {api!r}")
-        if max_concurrency < 1 or max_retries < 0:
-            raise ValueError(f"HTTPLLM: need max_concurrency >= 1 and max_retries >= 0, got "
-                             f"{max_concurrency}, {max_retries}")  # fmt: skip
-        self.base_url, self.model, self.api, self.api_key_env = base_url.rstrip("/"), model, api, api_key_env
-        self.url = f"{self.base_url}/{'chat/completions' if api == 'chat' else 'completions'}"
-        self._key = os.environ.get(api_key_env) or None
-        self.tokenizer, self.context_window, self.top_p = tokenizer, context_window, top_p
-        self.timeout, self.max_retries = timeout, max_retries
-        self.backoff, self.max_backoff = backoff, max_backoff
-        self._slots = threading.BoundedSemaphore(max_concurrency)
+        if max_concurrency < 1:
+            raise ValueError(f"HTTPLLM: need max_concurrency >= 1, got {max_concurrency}")
+        self.client = http.OpenAIClient(base_url, model, api, api_key_env, max_concurrency, timeout,
+                                        max_retries, backoff, max_backoff, top_p, error=LLMError)  # fmt: skip
+        self.api, self.tokenizer, self.context_window = api, tokenizer, context_window
         self._pool = concurrent.futures.ThreadPoolExecutor(max_concurrency)
-        self._local = threading.local()  # one requests.Session per thread
+        self.finish_reasons = collections.Counter()  # "length": a completion cut at max_tokens
+        self._count = threading.Lock()
 
     def __repr__(self):
-        return f"HTTPLLM(url={self.url!r}, model={self.model!r}, api_key_env={self.api_key_env!r})"
+        c = self.client
+        return f"HTTPLLM(url={c.url!r}, model={c.model!r}, api_key_env={c.api_key_env!r})"
+
+    def check(self):
+        """One tiny request before a run: a wrong URL, model name or key, or a server that is not up, fails
+        here with what to fix, not later as a run of void episodes."""
+        self.client.check()
 
     def count_tokens(self, text: str) -> int:
         n = len(self.tokenizer.encode(text)) if self.tokenizer is not None else estimate_tokens(text)
@@ -393,52 +391,13 @@ class HTTPLLM:
 
     def complete(self, prompts: list[str], max_tokens: int = 256, temperature: float = 0.0,
                  stop=STOP) -> list[str]:  # fmt: skip
-        if len(prompts) == 1:
-            return [self._request(prompts[0], max_tokens, temperature, stop)]
-        return list(self._pool.map(lambda p: self._request(p, max_tokens, temperature, stop), prompts))
+        def one(prompt):
+            text, reason = self.client.complete(prompt, max_tokens, temperature, stop)
+            with self._count:
+                self.finish_reasons[reason] += 1
+            return text
 
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._key, "***") if self._key else text
-
-    def _request(self, prompt: str, max_tokens: int, temperature: float, stop) -> str:
-        body = {"model": self.model, "max_tokens": max_tokens, "temperature": temperature,
-                "top_p": self.top_p}
-        if stop:
-            body["stop"] = list(stop)
-        if self.api == "chat":
-            body["messages"] = [{"role": "user", "content": prompt}]
-        else:
-            body["prompt"] = prompt
-        headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
-        if not hasattr(self._local, "session"):
-            self._local.session = requests.Session()
-
-        def send():
-            with self._slots:
-                return self._local.session.post(self.url, json=body, headers=headers, timeout=self.timeout)
-
-        def read(r):
-            choice = r.json()["choices"][0]
-            text = choice["message"]["content"] if self.api == "chat" else choice["text"]
-            if not isinstance(text, str):
-                raise TypeError(f"completion text is {type(text).__name__}")
-            cut = [i for i in (text.find(s) for s in stop) if i >= 0]  # servers that ignore stop
-            return text[: min(cut)] if cut else text
-
-        return http.request(send, read, lambda r: LLMError(self._scrub(self._fatal(r))), f"POST {self.url}",
-                            self.max_retries, self.backoff, self.max_backoff, self._scrub, LLMError)
-
-    def _fatal(self, r: requests.Response) -> str:
-        msg, code = http.error_message(r), r.status_code
-        if code in (401, 403):
-            state = "set" if self._key else "NOT set"
-            return (f"HTTP {code} from {self.url}: the server rejected the API key; check the environment "
-                    f"variable {self.api_key_env} (it is {state}). Server said: {msg}")
-        if code == 404:
-            return (f"HTTP 404 from {self.url}: check the base URL ({self.base_url}) and the model name "
-                    f"({self.model!r}). Server said: {msg}")
-        return (f"HTTP {code} from {self.url}: the request was rejected (a prompt longer than the model's "
-                f"context window? an unsupported parameter?). Server said: {msg}")
+        return [one(prompts[0])] if len(prompts) == 1 else list(self._pool.map(one, prompts))
 
 
 class LocalLLM:
@@ -460,6 +419,7 @@ class LocalLLM:
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.stop_ids = tuple(tokenizer.stop_ids)  # eos, <|eot_id|>, ...
         self._lock = threading.Lock()  # one generate() at a time: the sampler's generator is shared
+        self.finish_reasons = collections.Counter()  # "length": a completion cut at max_tokens
 
     @classmethod
     def load(cls, path, device="cpu", dtype=None, **kw) -> LocalLLM:
@@ -485,10 +445,12 @@ class LocalLLM:
                 raise ValueError(f"prompt {j}: {len(p)} tokens + max_tokens {max_tokens} exceed the "
                                  f"context window of {self.context_window} tokens")
         with self._lock:
-            return modelpy.generate(self.model, prompts, max_tokens, temperature=temperature,
-                                    top_p=self.top_p if top_p is None else top_p, stop_ids=self.stop_ids,
-                                    stop_strings=tuple(stop), tokenizer=self.tokenizer,
-                                    generator=self.generator, prefix_cache=self.prefix_cache)  # fmt: skip
+            gens = modelpy.generate(self.model, prompts, max_tokens, temperature=temperature,
+                                   top_p=self.top_p if top_p is None else top_p, stop_ids=self.stop_ids,
+                                   stop_strings=tuple(stop), tokenizer=self.tokenizer,
+                                   generator=self.generator, prefix_cache=self.prefix_cache)  # fmt: skip
+            self.finish_reasons.update(g.finish_reason for g in gens)
+        return gens
 
     def complete(self, prompts: list[str], max_tokens: int = 256, temperature: float = 0.0,
                  stop=STOP) -> list[str]:  # fmt: skip

@@ -11,11 +11,11 @@ import copy
 import functools
 import json
 import random
-import time
 from typing import Protocol
 
 import requests
 
+from infra import http
 from worlds.alfworld import ALFWorldEnv
 from worlds.hotpotqa import HotpotQAEnv, QATask
 from worlds.webshop import WebShopEnv
@@ -131,9 +131,9 @@ def hotpotqa_options(source=None, questions=None, wiki_url=WIKI_URL, wiki_timeou
 
     source: None (the generated world), a path to a HotPotQA distractor-setting JSON (each question
     searches its own context paragraphs), or 'wikipedia': questions from the JSON at `questions`,
-    searched on the MediaWiki API at `wiki_url` (requests time out after `wiki_timeout` seconds and
-    are retried `wiki_retries` times, backing off `wiki_backoff` seconds, doubled each time). The data
-    is loaded only after HotpotQAEnv has checked its other options.
+    searched on the MediaWiki API at `wiki_url` (requests time out after `wiki_timeout` seconds; 429,
+    5xx and connection errors are retried `wiki_retries` times as infra/http.py does, backing off from
+    `wiki_backoff` seconds). The data is loaded only after HotpotQAEnv has checked its other options.
     """
 
     def load_source(n_tasks):
@@ -186,31 +186,22 @@ def _load_hotpot_json(path: str, n_tasks: int | None, with_context: bool) -> lis
 class _MediaWiki:
     """ReAct's search over the live MediaWiki API: exact page extract, else the search hits."""
 
-    def __init__(self, url: str, timeout: float, retries: int, backoff: float):
-        self.url, self.timeout, self.retries, self.backoff, self.cache = url, timeout, retries, backoff, {}
+    HEADERS = {"User-Agent": "retroformer/0.1 (research code; https://arxiv.org/abs/2308.02151)"}
+
+    def __init__(self, url: str, timeout: float, retries: int, backoff: float, max_backoff: float = 60.0):
+        self.url, self.timeout, self.retries, self.cache = url, timeout, retries, {}
+        self.backoff, self.max_backoff = backoff, max_backoff
 
     def _get(self, params: dict) -> dict:
-        err = None
-        for attempt in range(self.retries + 1):
-            if attempt:  # back off 1x, 2x, 4x ... on connection errors and 5xx answers
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            try:
-                r = requests.get(self.url, params={**params, "format": "json"}, timeout=self.timeout,
-                                 headers={"User-Agent": "retroformer/0.1 (research code)"})
-            except (requests.ConnectionError, requests.Timeout) as e:
-                err = repr(e)
-                continue
-            if r.status_code >= 500:
-                err = f"HTTP {r.status_code}"
-                continue
-            if r.status_code != 200:
-                raise RuntimeError(f"MediaWiki API {self.url} answered HTTP {r.status_code} for {params}")
-            try:
-                return r.json()
-            except ValueError as e:
-                msg = f"MediaWiki API {self.url} sent no JSON for {params}: {r.text[:80]}"
-                raise RuntimeError(msg) from e
-        raise RuntimeError(f"MediaWiki API {self.url} failed {self.retries + 1} times for {params}: {err}")
+        params = {**params, "format": "json"}
+        send = lambda: requests.get(self.url, params=params, timeout=self.timeout, headers=self.HEADERS)
+        return http.request(send, lambda r: r.json(), self._fatal, f"MediaWiki API {self.url} for {params}",
+                            self.retries, self.backoff, self.max_backoff)
+
+    def _fatal(self, r) -> http.ServiceError:
+        hint = " (Wikipedia refuses clients it cannot identify by their User-Agent)" * (r.status_code == 403)
+        return http.ServiceError(f"MediaWiki API {self.url} answered HTTP {r.status_code}{hint}: "
+                                 f"{http.error_message(r)}")
 
     def search(self, entity: str):
         """(sentences of the page titled `entity` or None, up to 5 similar titles)."""
@@ -219,7 +210,8 @@ class _MediaWiki:
             params["titles"] = entity
             found = self._get(params)
             if "query" not in found:
-                raise RuntimeError(f"MediaWiki API {self.url}: answer without 'query' for {params}: {found}")
+                raise http.ServiceError(f"MediaWiki API {self.url}: answer without 'query' for {params}: "
+                                        f"{found}")
             text = "".join(p.get("extract", "") for p in found["query"].get("pages", {}).values()
                            if "missing" not in p and "invalid" not in p)
             if text.strip() and "may refer to:" not in text:  # a disambiguation page is a miss, as in ReAct

@@ -29,6 +29,8 @@ import torch
 
 import envs
 import train
+from actor import LLMError
+from infra import runlog
 from lora import load_lora
 from worlds.scripted import few_shot_examples
 
@@ -57,13 +59,16 @@ def evaluate(cfg: train.Config, actor_llm, retrospector, make_env=None, log_path
         for seed in seeds:
             train.reseed_actor(actor_llm, train.derive_seed(seed, name, "trial0"))
             first = train.actor_trials(factory, tasks, actor_llm, cfg, examples=examples, log_path=log_path,
-                                 tag={"seed": seed, "method": "shared"})  # fmt: skip
+                                       tag={"seed": seed, "method": "shared"})  # fmt: skip
             for m in methods:
                 train.reseed_actor(actor_llm, train.derive_seed(seed, name, m, "actor"))
                 gen = torch.Generator(device=device).manual_seed(train.derive_seed(seed, name, m, "reflect"))
                 tag = {"seed": seed, "method": m}
                 _, history = train.rollout(factory, tasks, actor_llm, retrospector, cfg, m, examples, gen,
                                            log_path, tag=tag, first=first)  # fmt: skip
+                trials = [t for ts in history.values() for t in ts]
+                runlog.stop_if_void([([t.error for t in trials if t.error], len(trials))], cfg.max_void_share,
+                                    f"{name}, seed {seed}, {m}")  # fmt: skip
                 solved, n, void = train.success_counts(history, cfg.max_trials)
                 curves[m].append([s / n if n else float("nan") for s in solved])
                 voids[m] += void
@@ -154,7 +159,10 @@ def main(argv=None):
     cfg = train.command_line_config(argv)
     train.ensure_checkpoints(cfg)
     torch.manual_seed(cfg.seed)
-    actor_llm = train.build_actor(cfg, cfg.device)
+    try:
+        actor_llm = train.build_actor(cfg, cfg.device)
+    except LLMError as e:  # the actor's start-up check: a wrong URL, model name or key
+        raise SystemExit(f"error: {e}") from None
     retrospector = None
     if {"reflexion", "retroformer"} & set(cfg.eval_methods.split(",")):
         retrospector = train.Retrospector.load(cfg, cfg.device, lora=False)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 import formats.checkpoint
 import formats.gguf
@@ -169,6 +170,7 @@ class Transformer(nn.Module):
         if config.arch == "gpt2":
             self.pos_emb = nn.Embedding(config.max_seq_len, config.dim)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        self.grad_checkpoint = False  # keep only each block's input for backward, recompute the rest
         self.norm = nn.LayerNorm(config.dim, eps=config.norm_eps) if config.arch == "gpt2" else (
             RMSNorm(config.dim, config.norm_eps)
         )
@@ -241,7 +243,10 @@ class Transformer(nn.Module):
         if mask is not None:  # additive once here, not a bool -> float conversion inside every layer
             mask = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~mask, float("-inf"))
         for layer in self.layers:
-            x = layer(x, rope, mask, cache)
+            if self.grad_checkpoint and cache is None and torch.is_grad_enabled():
+                x = checkpoint(layer, x, rope, mask, None, use_reentrant=False)
+            else:
+                x = layer(x, rope, mask, cache)
         if cache is not None:
             cache.length = S
         if last_only:
@@ -303,7 +308,8 @@ def save_pretrained(model: Transformer, path):
     if sd.keys() != plain.state_dict().keys():
         odd = sorted(set(sd) ^ set(plain.state_dict()))[:10]
         raise ValueError(f"save_pretrained: model tensors differ from a plain Transformer's: {odd} "
-                         "(LoRA adapters? merge them into the base weights and unwrap first)")  # fmt: skip
+                         "(LoRA adapters? merge them into the base weights and unwrap first; quantized "
+                         "weights? save the float model)")  # fmt: skip
     formats.checkpoint.save_checkpoint(dataclasses.asdict(model.config), sd, path)
 
 

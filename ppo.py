@@ -86,7 +86,14 @@ class RolloutBatch:
         return self.input_ids.shape[0]
 
     def index(self, idx: torch.Tensor) -> "RolloutBatch":
-        return RolloutBatch(*(getattr(self, f)[idx] for f in self.__dataclass_fields__))
+        """Rows idx, padded to their own longest prompt + response, not the whole update's: a micro-batch
+        costs memory and compute for its own lengths. Response tensors become (b, R_idx)."""
+        rows = RolloutBatch(*(getattr(self, f)[idx] for f in self.__dataclass_fields__))
+        n = rows.response_mask.sum(1).long()  # (b,) response lengths
+        L, R = int((rows.prompt_lens + n).max()), int(n.max())
+        return RolloutBatch(rows.input_ids[:, :L], rows.prompt_lens, rows.response_ids[:, :R],
+                            rows.response_mask[:, :R], rows.logprobs[:, :R], rows.ref_logprobs[:, :R],
+                            rows.values[:, :R], rows.rewards)  # fmt: skip
 
 
 def pad_batch(prompts, responses, device) -> tuple[torch.Tensor, ...]:
@@ -149,15 +156,18 @@ def make_rollout(model, value_head, prompts, responses, rewards, micro_batch_siz
     if rewards.numel() != len(prompts):
         raise ValueError(f"need one reward per response: {rewards.numel()} rewards, {len(prompts)} responses")
     logprobs, ref_logprobs, values = [], [], []
+    R = response_ids.shape[1]
     for s in range(0, len(prompts), micro_batch_size):
         mb = slice(s, s + micro_batch_size)
-        ids, pl, resp = input_ids[mb], prompt_lens[mb], response_ids[mb]
+        n = mask[mb].sum(1).long()  # (b,) each micro-batch padded to its own longest sequence
+        L_mb, R_mb = int((prompt_lens[mb] + n).max()), int(n.max())
+        ids, pl, resp = input_ids[mb, :L_mb], prompt_lens[mb], response_ids[mb, :R_mb]
         lp, _, v = response_forward(model, value_head, ids, pl, resp)
         with disable_lora(model):
             ref_lp, _, _ = response_forward(model, None, ids, pl, resp)
-        logprobs.append(lp)
-        ref_logprobs.append(ref_lp)
-        values.append(v)
+        logprobs.append(F.pad(lp, (0, R - R_mb)))  # back to (b, R)
+        ref_logprobs.append(F.pad(ref_lp, (0, R - R_mb)))
+        values.append(F.pad(v, (0, R - R_mb)))
     return RolloutBatch(input_ids, prompt_lens, response_ids, mask, torch.cat(logprobs) * mask,
                         torch.cat(ref_logprobs) * mask, torch.cat(values) * mask, rewards)
 
@@ -240,9 +250,11 @@ def ppo_update(model, value_head, optimizer, batch: RolloutBatch, cfg: PPOConfig
             for ms in range(0, len(mb_idx), cfg.micro_batch_size):
                 idx = mb_idx[ms : ms + cfg.micro_batch_size]
                 mb = batch.index(idx)
+                R = mb.response_ids.shape[1]  # (b, R) tensors: this micro-batch's own padding
                 logp, ent, values = response_forward(model, value_head, mb.input_ids, mb.prompt_lens,
                                                      mb.response_ids)
-                pg, vf, en, kl, cf = ppo_losses(logp, ent, values, mb, advantages[idx], returns[idx], cfg)
+                adv, ret = advantages[idx, :R], returns[idx, :R]
+                pg, vf, en, kl, cf = ppo_losses(logp, ent, values, mb, adv, ret, cfg)
                 # divide by the minibatch's token count so accumulated micro-batches give its mean
                 loss = (pg + cfg.vf_coef * vf - cfg.ent_coef * en) / mb_tokens
                 if not torch.isfinite(loss):

@@ -36,9 +36,9 @@ from tqdm import tqdm
 
 import envs
 import model as modelpy
-from actor import HTTPLLM, LocalLLM, build_reflection_prompt, run_trials
+from actor import HTTPLLM, LLMError, LocalLLM, build_reflection_prompt, run_trials
 from infra import config as configurator
-from infra import ddp, runstate
+from infra import ddp, runlog, runstate
 from lora import apply_lora, disable_lora, lora_report
 from ppo import PPOConfig, PPOTrainer
 from worlds.scripted import ExpertLLM, ExplorerLLM, few_shot_examples
@@ -82,6 +82,8 @@ class Config:
     reflection_temperature: float = 1.0
     reflection_top_p: float = 1.0
     reflection_batch_size: int = 16
+    reflection_prompt_tokens: int = 0  # cap on a reflection prompt; 0: max_seq_len - reflection_max_tokens
+    grad_checkpoint: bool = False  # recompute each block in PPO's backward: activations of one block
     lora_r: int = 8
     lora_alpha: float = 16.0
     lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
@@ -91,6 +93,7 @@ class Config:
     max_trials: int = 3  # trials per task: trial 0, then retries after reflections (as eval_trials)
     reward: str = "return"  # return: G(k+1) - G(k), the paper's | success: the change of success
     checkpoint_every: int = 1  # updates
+    max_void_share: float = 0.25  # stop when more of an update's episodes fail in the actor or a data source
     # PPO (ppo.PPOConfig)
     lr: float = 5e-4
     ppo_epochs: int = 2  # passes over each update's reflections: fewer and fresher beats re-used
@@ -117,8 +120,11 @@ def parse_config(argv) -> Config:
                 "eval_trials"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"config key {key!r} must be >= 1, got {getattr(cfg, key)}")
-    if cfg.threads < 0:
-        raise ValueError(f"config key 'threads' must be >= 0, got {cfg.threads}")
+    for key in ("threads", "reflection_prompt_tokens"):
+        if getattr(cfg, key) < 0:
+            raise ValueError(f"config key {key!r} must be >= 0, got {getattr(cfg, key)}")
+    if not 0 <= cfg.max_void_share <= 1:
+        raise ValueError(f"config key 'max_void_share' must be in [0, 1], got {cfg.max_void_share}")
     if cfg.eval_split not in ("test", "val"):
         raise ValueError(f"config key 'eval_split' must be test or val, got {cfg.eval_split!r}")
     return cfg
@@ -190,8 +196,10 @@ def build_actor(cfg: Config, device):
     if cfg.actor == "local":
         return LocalLLM.load(cfg.actor_path, device=device, dtype=torch_dtype(cfg), seed=cfg.seed)
     if cfg.actor == "http":
-        return HTTPLLM(cfg.actor_url, cfg.actor_model, api=cfg.actor_api, api_key_env=cfg.actor_api_key_env,
-                       context_window=cfg.actor_context_window, max_concurrency=cfg.concurrency)
+        llm = HTTPLLM(cfg.actor_url, cfg.actor_model, api=cfg.actor_api, api_key_env=cfg.actor_api_key_env,
+                      context_window=cfg.actor_context_window, max_concurrency=cfg.concurrency)
+        llm.check()
+        return llm
     if cfg.actor in ("expert", "explorer"):  # scripted, over every env of cfg.envs, train and test split
         splits = ("train", "test") + (("val",) if cfg.eval_split == "val" else ())
         factories = [env_factory(cfg, name, split) for name in env_names(cfg) for split in splits]
@@ -213,16 +221,22 @@ class Reflection:
     text: str
     ids: list[int]  # sampled tokens + the stop token when it stopped: what PPO trains on
     logprobs: list[float]  # of the sampled tokens (stop token excluded)
+    finish_reason: str  # "stop", or "length": cut at max_tokens
 
 
 class Retrospector:
     """The retrospective model: a causal LM with LoRA adapters that writes reflections."""
 
     def __init__(self, model, tokenizer, chat_template=False, max_tokens=96, temperature=1.0, top_p=1.0,
-                 batch_size=16):  # fmt: skip
+                 batch_size=16, max_prompt_tokens=0):  # fmt: skip
         self.model, self.tokenizer, self.chat_template = model.eval(), tokenizer, chat_template
         self.max_tokens, self.temperature, self.top_p = max_tokens, temperature, top_p
         self.batch_size = batch_size
+        # a long trial is elided to fit this budget: PPO's memory grows with prompt length, and a model's
+        # max_seq_len (131k for Llama 3.x) is no budget for that
+        self.max_prompt_tokens = model.config.max_seq_len - max_tokens
+        if max_prompt_tokens:
+            self.max_prompt_tokens = min(self.max_prompt_tokens, max_prompt_tokens)
         eot = tokenizer.special_tokens.get("<|eot_id|>")
         self.stop_id = eot if chat_template and eot is not None else tokenizer.eos_id
         if self.stop_id is None:
@@ -233,9 +247,10 @@ class Retrospector:
         model = modelpy.from_pretrained(cfg.retrospector_path, device=device, dtype=torch_dtype(cfg))
         if lora:
             apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, targets=cfg.lora_targets.split(","))
+        model.grad_checkpoint = cfg.grad_checkpoint
         return cls(model, modelpy.load_tokenizer(cfg.retrospector_path), cfg.chat_template,
                    cfg.reflection_max_tokens, cfg.reflection_temperature, cfg.reflection_top_p,
-                   cfg.reflection_batch_size)  # fmt: skip
+                   cfg.reflection_batch_size, cfg.reflection_prompt_tokens)  # fmt: skip
 
     def encode(self, text: str) -> list[int]:
         if self.chat_template:  # raises a clear error when the tokenizer has no chat specials
@@ -245,9 +260,9 @@ class Retrospector:
 
     def reflect(self, trajs, generator=None, adapters=True) -> list[Reflection]:
         """One sampled reflection per failed trajectory; adapters=False is the frozen base (Reflexion)."""
-        budget = self.model.config.max_seq_len - self.max_tokens
         count = lambda s: len(self.encode(s))
-        prompts = [build_reflection_prompt(t, count_tokens=count, max_prompt_tokens=budget) for t in trajs]
+        prompts = [build_reflection_prompt(t, count_tokens=count, max_prompt_tokens=self.max_prompt_tokens)
+                   for t in trajs]  # fmt: skip
         out = []
         with contextlib.nullcontext() if adapters else disable_lora(self.model):
             for s in range(0, len(prompts), self.batch_size):
@@ -263,7 +278,7 @@ class Retrospector:
                     # byte comes back as U+FFFD (3 bytes) and would re-encode longer
                     while len(self.tokenizer.encode(text)) > self.max_tokens:
                         text = text[:-1]
-                    out.append(Reflection(p, i, text, g.tokens + stop, g.logprobs))
+                    out.append(Reflection(p, i, text, g.tokens + stop, g.logprobs, g.finish_reason))
         return out
 
 
@@ -323,8 +338,9 @@ def rollout(make_env, tasks, actor_llm, retrospector, cfg: Config, method="retro
             void = after.error is not None
             rec = dict(env=before.env, task=before.task, trial=before.trial, prompt=r.prompt,
                        reflection=r.text, reflection_ids=r.ids, logprobs=r.logprobs,
-                       return_before=before.ret, return_after=None if void else after.ret,
-                       reward=None if void else gain(before, after), error=after.error)  # fmt: skip
+                       finish_reason=r.finish_reason, return_before=before.ret,
+                       return_after=None if void else after.ret, reward=None if void else gain(before, after),
+                       error=after.error)  # fmt: skip
             if replay_path:
                 with open(replay_path, "a", encoding="utf-8") as f:
                     f.write(json.dumps({**(tag or {}), **rec}) + "\n")
@@ -397,9 +413,10 @@ def train(cfg: Config, actor_llm=None, make_env=None):
         t0 = time.perf_counter()
         # 1. rollouts: trial 0, then reflect on each failure and retry; the same task sample on every
         #    rank, each rank runs its share
-        records, counts = [], {}
+        records, counts, trials = [], {}, []
         generator = torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, update, rank, "reflect"))
         reseed_actor(actor_llm, derive_seed(cfg.seed, update, rank, "actor"))
+        cut_before = runlog.n_cut(actor_llm)
         for name in tqdm(names, desc=f"rollouts {update}", leave=False, disable=not show):
             rng = random.Random(derive_seed(cfg.seed, update, name, "tasks"))
             tasks = rng.sample(range(n_train[name]), min(cfg.tasks_per_env, n_train[name]))[rank::world]
@@ -408,9 +425,14 @@ def train(cfg: Config, actor_llm=None, make_env=None):
                                         examples[name], generator, episodes_path, replay_path,
                                         {"update": update, **tag})  # fmt: skip
                 records += recs
+                trials += [t for ts in history.values() for t in ts]
                 solved, n, void = success_counts(history, cfg.max_trials)
                 counts[name] = [n, void, *solved]
         t_rollout = time.perf_counter() - t0
+        runlog.stop_if_void(ddp.all_gather(([t.error for t in trials if t.error], len(trials)), world),
+                            cfg.max_void_share, f"update {update}")  # fmt: skip
+        # completions cut at max_tokens: the actor's steps, the reflections
+        cut = [runlog.n_cut(actor_llm) - cut_before, sum(r["finish_reason"] == "length" for r in records)]
 
         # 2. PPO on every reflection with a reward, gathered from all ranks
         scored = [r for part in ddp.all_gather([r for r in records if r["reward"] is not None], world)
@@ -424,9 +446,10 @@ def train(cfg: Config, actor_llm=None, make_env=None):
             tqdm.write(f"update {update}: no failed trial got a reflection with a reward; PPO skipped")
 
         # 3. metrics and checkpoint (rank 0)
-        counts = ddp.sum_counts(ddp.all_gather(counts, world))
+        counts = ddp.sum_counts(ddp.all_gather({**counts, "cut": cut}, world))
         if rank == 0:
-            log_update(cfg, update, scored, counts, metrics, t_rollout, time.perf_counter() - t0 - t_rollout)
+            runlog.log_update(cfg.out_dir, update, scored, counts, metrics, t_rollout,
+                              time.perf_counter() - t0 - t_rollout, cfg.actor_max_tokens)
             if update % cfg.checkpoint_every == 0 or update == cfg.updates:
                 runstate.save_checkpoint(cfg.out_dir, update, asdict(cfg), retrospector.model, trainer)
     if world > 1:
@@ -448,27 +471,12 @@ def resume(cfg: Config, ckpt_path: str, retrospector, trainer, rank: int) -> int
     return start
 
 
-def log_update(cfg: Config, update: int, scored, counts, metrics, rollout_s: float, update_s: float):
-    """One line of out_dir/metrics.jsonl, and a summary on the console."""
-    row = {"update": update, "n_reflections": len(scored),
-           "reward_mean": float(np.mean([r["reward"] for r in scored])) if scored else None,
-           "rollout_s": round(rollout_s, 2), "update_s": round(update_s, 2)}  # fmt: skip
-    for name, (n, void, *solved) in counts.items():
-        row[f"{name}/success_by_trial"] = [s / max(n, 1) for s in solved]
-        row[f"{name}/n_tasks"], row[f"{name}/n_void"] = n, void
-    row.update(metrics)
-    with open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a") as f:
-        f.write(json.dumps(row) + "\n")
-    succ = " ".join(f"{k.split('/')[0]} {v[0]:.2f}->{v[-1]:.2f}" for k, v in row.items()
-                    if k.endswith("success_by_trial"))  # fmt: skip
-    rm = "-" if row["reward_mean"] is None else f"{row['reward_mean']:+.3f}"
-    tqdm.write(f"update {update}: {len(scored)} reflections, reward {rm}, success {succ}, "
-               f"kl {metrics.get('kl_ref', 0):.4f}")  # fmt: skip
-
-
 def main(argv=None):
     cfg = command_line_config(argv)
-    train(cfg)
+    try:
+        train(cfg)
+    except LLMError as e:  # the actor's start-up check: a wrong URL, model name or key
+        raise SystemExit(f"error: {e}") from None
     if dist.is_initialized():
         dist.destroy_process_group()
 

@@ -6,10 +6,11 @@
 #                 (~16 GB of bf16 weights + KV cache; or serve any model.py checkpoint with
 #                  `python actor.py serve --model PATH`)
 #   retrospector: Llama-3.2-3B-Instruct (or 1B) with LoRA, trained in this process on the same GPU:
-#                 3B in bf16 = ~6.5 GB of weights; LoRA r=16 on all projections adds ~24M float32
-#                 params (+ AdamW state ~0.3 GB); activations for micro-batches of 2 x ~3k tokens
-#                 fit in ~20 GB. One 80 GB H100/A100 holds both (vLLM capped at 55%); on two
-#                 24 GB cards run vLLM on one and train.py on the other.
+#                 6 GB of bf16 weights, LoRA r=16 on all projections (24M float32 params + AdamW,
+#                 0.4 GB), and for a micro-batch of 2 x (3,072 prompt + 256 reflection) tokens about
+#                 20 GB of activations, 1.8 GB with grad_checkpoint (python bench/bench_memory.py has
+#                 the estimate for 1B / 3B / 8B). One 80 GB H100/A100 holds both (vLLM capped at 55%);
+#                 on two 24 GB cards run vLLM on one and train.py on the other.
 #   python train.py config/hotpotqa_http_llama3.py
 #   python eval.py config/hotpotqa_http_llama3.py
 # The real HotPotQA: add "source": "path/to/hotpot_dev_distractor_v1.json" to env_options.
@@ -35,6 +36,8 @@ chat_template = True  # Llama 3 chat format, reflection ends at <|eot_id|>
 reflection_max_tokens = 256
 reflection_temperature = 0.9
 reflection_batch_size = 16
+reflection_prompt_tokens = 3072  # a long trial is elided to this: Llama 3's 131k context is no budget
+grad_checkpoint = True  # a third more compute for a tenth of the activations
 lora_r = 16
 lora_alpha = 32.0
 

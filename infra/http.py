@@ -1,4 +1,5 @@
-"""HTTP with retries, shared by the OpenAI-compatible actor backend and the MediaWiki client.
+"""HTTP with retries, shared by the OpenAI-compatible actor backend and the MediaWiki client, and the
+OpenAI protocol itself.
 
 Rate limits (429), server errors (5xx), timeouts, refused connections and replies that cannot be read
 are retried with exponential backoff and jitter, honouring Retry-After; any other status is final at
@@ -7,12 +8,19 @@ once, because retrying cannot fix a wrong URL, key or request.
 
 import email.utils
 import logging
+import os
 import random
+import threading
 import time
 
 import requests
 
 log = logging.getLogger("retroformer.http")
+
+
+class ServiceError(RuntimeError):
+    """A remote service (the actor's server, the MediaWiki API) failed: retries ran out, or it refused
+    the request. An episode that meets one is void, not a task failure."""
 
 
 def retry_after(r: requests.Response) -> float | None:
@@ -38,7 +46,7 @@ def error_message(r: requests.Response) -> str:
 
 
 def request(send, read, fatal, what: str, max_retries: int, backoff: float, max_backoff: float,
-            scrub=lambda s: s, error=RuntimeError):  # fmt: skip
+            scrub=lambda s: s, error=ServiceError):  # fmt: skip
     """read(send()) with retries. send() -> requests.Response; read(r) -> the result of a 200 reply,
     raising ValueError / KeyError / IndexError / TypeError when it is malformed (retried); fatal(r) ->
     the exception to raise for a status retrying cannot fix. `what` names the request in messages;
@@ -70,3 +78,80 @@ def request(send, read, fatal, what: str, max_retries: int, backoff: float, max_
         log.warning("%s: %s; retry %d/%d in %.2f s", what, last, attempt + 1, max_retries, wait)
         time.sleep(wait)
     raise error(f"{what} failed after {max_retries + 1} attempts; last error: {last}")
+
+
+class OpenAIClient:
+    """POST {base_url}/completions or {base_url}/chat/completions of an OpenAI-compatible server, one
+    requests.Session per thread, at most max_concurrency requests in flight. The API key (read from the
+    environment variable api_key_env) is scrubbed from every message."""
+
+    def __init__(self, base_url: str, model: str, api: str, api_key_env: str, max_concurrency: int, timeout,
+                 max_retries: int, backoff: float, max_backoff: float, top_p: float = 1.0,
+                 error=ServiceError):  # fmt: skip
+        if api not in ("completions", "chat"):
+            raise ValueError(f"HTTPLLM: api must be 'completions' or 'chat', got {api!r}")
+        if max_retries < 0:
+            raise ValueError(f"HTTPLLM: need max_retries >= 0, got {max_retries}")
+        self.base_url, self.model, self.api, self.api_key_env = base_url.rstrip("/"), model, api, api_key_env
+        self.url = f"{self.base_url}/{'chat/completions' if api == 'chat' else 'completions'}"
+        self._key = os.environ.get(api_key_env) or None
+        self.timeout, self.max_retries = timeout, max_retries
+        self.backoff, self.max_backoff = backoff, max_backoff
+        self.top_p, self.error = top_p, error
+        self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._local = threading.local()
+
+    def scrub(self, text: str) -> str:
+        return text.replace(self._key, "***") if self._key else text
+
+    def complete(self, prompt: str, max_tokens: int, temperature: float, stop, max_retries=None):
+        """(completion text cut at the first stop string, finish_reason)."""
+        body = {"model": self.model, "max_tokens": max_tokens, "temperature": temperature,
+                "top_p": self.top_p}
+        if stop:
+            body["stop"] = list(stop)
+        if self.api == "chat":
+            body["messages"] = [{"role": "user", "content": prompt}]
+        else:
+            body["prompt"] = prompt
+        headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
+        if not hasattr(self._local, "session"):
+            self._local.session = requests.Session()
+
+        def send():
+            with self._slots:
+                return self._local.session.post(self.url, json=body, headers=headers, timeout=self.timeout)
+
+        def read(r):
+            choice = r.json()["choices"][0]
+            text = choice["message"]["content"] if self.api == "chat" else choice["text"]
+            if not isinstance(text, str):
+                raise TypeError(f"completion text is {type(text).__name__}")
+            cut = [i for i in (text.find(s) for s in stop) if i >= 0]  # servers that ignore stop
+            return (text[: min(cut)], "stop") if cut else (text, choice.get("finish_reason"))
+
+        retries = self.max_retries if max_retries is None else max_retries
+        return request(send, read, lambda r: self.error(self.scrub(self.rejected(r))), f"POST {self.url}",
+                       retries, self.backoff, self.max_backoff, self.scrub, self.error)
+
+    def check(self):
+        """One tiny request, with few retries: a wrong URL, model name or key, or a server that is not up,
+        raises `error` saying what to fix."""
+        try:
+            self.complete("Say OK.", 1, 0.0, (), max_retries=min(self.max_retries, 2))
+        except self.error as e:
+            hint = f"; is the server at {self.base_url} running?" if "connection error" in str(e) else ""
+            raise self.error(f"the actor's start-up check failed: {e}{hint}") from None
+
+    def rejected(self, r: requests.Response) -> str:
+        """What to fix, for a status that retrying cannot."""
+        msg, code = error_message(r), r.status_code
+        if code in (401, 403):
+            state = "set" if self._key else "NOT set"
+            return (f"HTTP {code} from {self.url}: the server rejected the API key; check the environment "
+                    f"variable {self.api_key_env} (it is {state}). Server said: {msg}")
+        if code == 404:
+            return (f"HTTP 404 from {self.url}: check the base URL ({self.base_url}) and the model name "
+                    f"({self.model!r}). Server said: {msg}")
+        return (f"HTTP {code} from {self.url}: the request was rejected (a prompt longer than the model's "
+                f"context window? an unsupported parameter?). Server said: {msg}")

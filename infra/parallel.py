@@ -1,8 +1,9 @@
 """Many episodes at once, for actor.run_trials: batched for a local model, threaded for a server.
 
 An episode is any object with `advance(completion)`, `done`, `traj` and `env`; `step(episodes)` asks
-the backend for one completion per episode and raises one of `errors` when the backend fails. The
-episodes in flight then end void (their trajectory's `error` set), never as task failures.
+the backend for one completion per episode. When the backend, or an episode's env (its data source),
+raises one of `errors`, the episodes it hit end void (their trajectory's `error` set), never as task
+failures; any other exception is a bug and propagates.
 """
 
 import collections
@@ -67,7 +68,10 @@ def run_batched(book: Book, jobs, new_episode, void, step, concurrency: int, err
                 ep.traj.error, ep.done = str(e), True
         else:
             for (_, ep), out in zip(live, outs, strict=True):
-                ep.advance(out)
+                try:
+                    ep.advance(out)
+                except errors as e:  # the env's data source failed: this episode alone is void
+                    ep.traj.error, ep.done = str(e), True
         for j, ep in [x for x in live if x[1].done]:
             book.finish(j, ep.traj, ep.env)
         live = [x for x in live if not x[1].done]
@@ -89,4 +93,4 @@ def run_threaded(book: Book, jobs, new_episode, void, step, concurrency: int, er
 
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
         for f in [pool.submit(work, j) for j in jobs]:
-            f.result()  # re-raise bugs (env errors) here
+            f.result()  # re-raise bugs here

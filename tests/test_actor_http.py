@@ -202,3 +202,55 @@ def test_missing_key_is_named_in_the_401_error(serve, monkeypatch):
     with pytest.raises(LLMError, match=r"RF_TEST_KEY \(it is NOT set\)"):
         client(srv).complete(["x"])
     assert srv.auth == {None}
+
+
+class FixedHandler(FaultHandler):
+    """Answers every request with one completion and finish_reason (FixedHandler.choice)."""
+
+    choice = {"index": 0, "text": " OK", "finish_reason": "stop"}
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.reply(200, {"choices": [self.choice]})
+
+
+@pytest.mark.parametrize("code, hint", [("404", "check the base URL"), ("401", "RF_TEST_KEY")])
+def test_start_up_check_names_what_to_fix(serve, code, hint):
+    srv = serve(lambda prompt, attempt: code)
+    with pytest.raises(LLMError, match=f"start-up check failed: HTTP {code} .*{hint}"):
+        client(srv).check()
+    assert sum(srv.attempts.values()) == 1  # one tiny request, not retried
+    srv.RequestHandlerClass = FixedHandler
+    client(srv).check()  # a healthy server passes
+
+
+def test_start_up_check_of_a_server_that_is_not_up():
+    llm = HTTPLLM("http://127.0.0.1:9/v1", max_retries=6, backoff=0.001, timeout=(0.5, 0.5))
+    with pytest.raises(LLMError, match=r"failed after 3 attempts; .*connection error.*is the server at "
+                                       r"http://127.0.0.1:9/v1 running\?"):  # fmt: skip
+        llm.check()
+
+
+def test_build_actor_runs_the_check_and_train_exits_with_its_message(serve, tmp_path):
+    import train
+
+    srv = serve(lambda prompt, attempt: "404")
+    args = [f"--out_dir={tmp_path}", "--actor=http", f"--actor_url={srv.url}", "--actor_model=nope"]
+    with pytest.raises(LLMError, match="model name \\('nope'\\)"):
+        train.build_actor(train.parse_config(args), "cpu")
+    with pytest.raises(SystemExit, match="^error: the actor's start-up check failed: HTTP 404"):
+        train.main(args)
+
+
+def test_completions_cut_at_max_tokens_are_counted(serve):
+    srv = serve(lambda prompt, attempt: None)
+    llm = client(srv)
+    llm.complete(["Task 2: tell me the secret word of room 2.\nYou are in room 2.\nThought:"] * 3)
+    assert llm.finish_reasons == {"stop": 3}  # the server's own reason, or ours when we cut at a stop string
+
+    class Cut(FixedHandler):  # a server that always stops at max_tokens
+        choice = {"index": 0, "text": " I think", "finish_reason": "length"}
+
+    srv.RequestHandlerClass = Cut
+    llm.complete(["x", "y"])
+    assert llm.finish_reasons == {"stop": 3, "length": 2}

@@ -1,6 +1,7 @@
 """`actor.py serve`: a tiny random Llama served over the OpenAI protocol, checked with the official
 `openai` client and with HTTPLLM; LocalLLM's step-synchronous batched rollouts."""
 
+import collections
 import concurrent.futures
 import json
 import os
@@ -229,3 +230,11 @@ def test_local_llm_is_seeded(ckpt):
     kw = dict(max_tokens=10, temperature=1.0, stop=())
     assert a.complete([PROMPT, "Hello"], **kw) == b.complete([PROMPT, "Hello"], **kw)
     assert torch.equal(next(a.model.parameters()), next(b.model.parameters()))
+
+
+def test_local_completions_cut_at_max_tokens_are_counted(ckpt):
+    llm = LocalLLM.load(ckpt)  # its own counter
+    gens = llm.generate([llm.encode(PROMPT)] * 2, 3, stop=("\nObservation",))
+    assert llm.finish_reasons == collections.Counter(g.finish_reason for g in gens)
+    assert sum(llm.finish_reasons.values()) == 2 and llm.finish_reasons["length"] == sum(
+        len(g.tokens) == 3 for g in gens)  # fmt: skip

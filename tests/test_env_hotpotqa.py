@@ -300,14 +300,17 @@ class FakeWiki(http.server.BaseHTTPRequestHandler):
 
     pages = {"Vasel Tower": "The Vasel Tower is a tower. It stands in Morn.\nIt is tall. It is grey. "
              "It is old. It has a bell.", "Vasel": "Vasel may refer to:\nVasel Tower\nVasel Bridge"}
-    fail, calls = 0, []
+    fail, calls, status, headers = 0, [], 503, {}
 
     def do_GET(self):
         q = dict(urllib.parse.parse_qsl(urllib.parse.urlparse(self.path).query))
         FakeWiki.calls.append(q)
+        FakeWiki.last_agent = self.headers.get("User-Agent", "")
         if FakeWiki.fail:
             FakeWiki.fail -= 1
-            self.send_response(503)
+            self.send_response(FakeWiki.status)
+            for k, v in FakeWiki.headers.items():
+                self.send_header(k, v)
             self.end_headers()
             return
         if q.get("prop") == "extracts":
@@ -332,7 +335,7 @@ class FakeWiki(http.server.BaseHTTPRequestHandler):
 def wiki(tmp_path):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeWiki)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    FakeWiki.fail, FakeWiki.calls = 0, []
+    FakeWiki.fail, FakeWiki.calls, FakeWiki.status, FakeWiki.headers = 0, [], 503, {}
     questions = write_records(tmp_path, [{k: v for k, v in r.items() if k != "context"} for r in RECORDS])
     yield f"http://127.0.0.1:{server.server_address[1]}/w/api.php", questions
     server.shutdown()
@@ -365,11 +368,40 @@ def test_wikipedia_retries_then_fails_clearly(wiki):
     FakeWiki.fail = 2  # two 503s, then an answer: retried
     assert env.step("Search[Vasel Tower]")[0].startswith("The Vasel Tower is a tower.")
     FakeWiki.fail = 3  # more 503s than retries
-    with pytest.raises(RuntimeError, match=r"failed 3 times .*HTTP 503") as err:
+    with pytest.raises(RuntimeError, match=r"failed after 3 attempts; last error: HTTP 503") as err:
         env.step("Search[Morn]")
     assert url in str(err.value)
     dead = envs.make("hotpotqa", source="wikipedia", questions=questions, wiki_url="http://127.0.0.1:9/api.php",
                      wiki_backoff=0.0, wiki_retries=1, wiki_timeout=2.0)
     dead.reset(0)
-    with pytest.raises(RuntimeError, match="failed 2 times"):
+    with pytest.raises(RuntimeError, match="failed after 2 attempts; last error: connection error"):
         dead.step("Search[Morn]")
+
+
+def test_wikipedia_rate_limits_are_waited_out_and_refusals_are_clear(wiki):
+    url, questions = wiki
+    env = envs.make("hotpotqa", source="wikipedia", questions=questions, wiki_url=url, wiki_backoff=0.0,
+                    wiki_retries=2)
+    env.reset(0)
+    FakeWiki.fail, FakeWiki.status, FakeWiki.headers = 2, 429, {"Retry-After": "0"}  # rate limited twice
+    assert env.step("Search[Vasel Tower]")[0].startswith("The Vasel Tower is a tower.")
+    FakeWiki.fail, FakeWiki.status, FakeWiki.headers = 1, 403, {}  # refused: not retried
+    n = len(FakeWiki.calls)
+    with pytest.raises(RuntimeError, match=r"answered HTTP 403 \(Wikipedia refuses clients it cannot"):
+        env.step("Search[Morn]")
+    assert len(FakeWiki.calls) == n + 1
+    assert "retroformer" in FakeWiki.last_agent
+
+
+def test_a_failing_wikipedia_voids_the_episode_not_the_run(wiki, tmp_path):
+    from actor import run_trials
+    from worlds.scripted import ExpertLLM
+
+    url, questions = wiki
+    make_env = lambda: envs.make("hotpotqa", source="wikipedia", questions=questions, wiki_url=url,
+                                 wiki_backoff=0.0, wiki_retries=0)  # fmt: skip
+    FakeWiki.fail = 100  # every request fails
+    trajs = run_trials(make_env, [0, 1], ExpertLLM(make_env), strict=False, examples=(),
+                       log_path=tmp_path / "log.jsonl")  # fmt: skip
+    assert all(t.error and "MediaWiki API" in t.error and "HTTP 503" in t.error for t in trajs)
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 2  # logged, as void

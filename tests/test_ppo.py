@@ -235,3 +235,27 @@ def test_ppo_learns_and_kl_keeps_it_near_the_reference():
     print("kl_coef 2.0: reward by update", curve_kl, "sampled KL", kls_kl, "final KL", round(final_kl_kl, 3))
     assert max(curve_kl) < 0.1  # the KL penalty outweighs the reward: the policy barely moves toward it
     assert final_kl_kl < 1.5 and final_kl_kl < 0.1 * final_kl
+
+
+def test_micro_batches_are_padded_to_their_own_length():
+    """One long sequence must not make every micro-batch as long: each is padded to its own longest
+    prompt + response, and the scores are those of each sequence alone."""
+    model = tiny()
+    apply_lora(model, r=4, alpha=8)
+    vh = ValueHead(32)
+    torch.nn.init.normal_(vh.proj.weight)
+    g = torch.Generator().manual_seed(0)
+    lens = [(50, 9), (3, 2), (4, 5), (6, 1)]  # one long sequence, three short ones
+    prompts = [torch.randint(0, 64, (p,), generator=g).tolist() for p, _ in lens]
+    responses = [torch.randint(0, 64, (r,), generator=g).tolist() for _, r in lens]
+    batch = make_rollout(model, vh, prompts, responses, [1.0, 0.0, -1.0, 0.5], micro_batch_size=2)
+    assert batch.input_ids.shape == (4, 59) and batch.response_ids.shape == (4, 9)
+    for j in range(4):  # scored alone, no padding at all
+        alone = make_rollout(model, vh, prompts[j : j + 1], responses[j : j + 1], [0.0])
+        n = len(responses[j])
+        torch.testing.assert_close(batch.logprobs[j, :n], alone.logprobs[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(batch.values[j, :n], alone.values[0], rtol=1e-5, atol=1e-6)
+        assert (batch.logprobs[j, n:] == 0).all()
+    short = batch.index(torch.tensor([1, 2]))  # what ppo_update runs through the model
+    assert short.input_ids.shape == (2, 9) and short.response_ids.shape == (2, 5)
+    assert short.response_mask.sum().item() == 2 + 5

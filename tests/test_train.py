@@ -14,7 +14,7 @@ import torch
 
 import envs
 import model as M
-from actor import HEADER, REFLECT_HEADER, STOP, LLMError
+from actor import HEADER, REFLECT_HEADER, STOP, LLMError, build_reflection_prompt, run_trial
 from formats.bpe import train_bpe
 from lora import lora_modules
 from train import Config, Retrospector, parse_config, rollout, success_counts, train
@@ -109,6 +109,8 @@ def test_config_defaults_file_and_flags(tmp_path):
         (["--updates=0"], r"'updates' must be >= 1"),
         (["--eval_trials=0"], r"'eval_trials' must be >= 1"),
         (["--threads=-1"], r"'threads' must be >= 0"),
+        (["--reflection_prompt_tokens=-5"], r"'reflection_prompt_tokens' must be >= 0, got -5"),
+        (["--max_void_share=1.5"], r"'max_void_share' must be in \[0, 1\], got 1.5"),
         (["missing.py"], r"config file 'missing.py' not found"),
     ],
 )
@@ -249,6 +251,9 @@ def test_tiny_end_to_end_run(tmp_path, retro_path):
     assert len(s) == 3 and s[0] <= s[1] <= s[2] == 1.0  # every task is solved by its third trial
     for key in ("policy_loss", "value_loss", "kl_ref", "approx_kl", "tokens_per_s", "rollout_s"):
         assert key in row
+    # reflections cut at reflection_max_tokens (8 here) are counted; the scripted actor is never cut
+    assert row["actor_truncated"] == 0
+    assert row["reflections_truncated"] == sum(r["finish_reason"] == "length" for r in replay) > 0
     # the update moved the adapters (B starts at zero) and the checkpoint holds them
     assert any(m.lora_B.abs().sum() > 0 for m in lora_modules(retro.model).values())
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)
@@ -286,3 +291,60 @@ def test_resume_after_crash_gives_the_same_adapters(tmp_path, retro_path):
     assert len(rb) > len(ra)  # the crashed attempt's reflections are kept
     metrics = [json.loads(x)["update"] for x in (tmp_path / "b/run/metrics.jsonl").read_text().splitlines()]
     assert metrics == [1, 2]
+
+
+class VoidActor(ScriptedActor):
+    """The scripted actor behind a server that fails every `every`-th prompt (retries exhausted)."""
+
+    def __init__(self, every):
+        super().__init__()
+        self.every, self.n = every, 0
+
+    def complete(self, prompts, max_tokens=256, temperature=0.0, stop=STOP):
+        self.n += 1
+        if self.n % self.every == 0:
+            raise LLMError("POST http://x/v1/completions failed after 7 attempts; last error: HTTP 503: busy")
+        return super().complete(prompts, max_tokens, temperature, stop)
+
+
+def test_a_run_with_too_many_void_episodes_stops_naming_the_cause(tmp_path, retro_path):
+    cfg = tiny_config(tmp_path, retro_path, concurrency=1, max_void_share=0.2)
+    void = r"update 1: \d+ of \d+ episodes are void \(more than max_void_share=0.2\)"
+    with pytest.raises(SystemExit, match=void + r".*cause \(\d+x\): POST .*HTTP 503: busy"):
+        train(cfg, actor_llm=VoidActor(every=2))
+    assert not (tmp_path / "run" / "ckpt.pt").exists()  # no update was made from void rewards
+    cfg = tiny_config(tmp_path, retro_path, concurrency=1, out_dir=str(tmp_path / "run2"), max_void_share=1.0)
+    train(cfg, actor_llm=VoidActor(every=2))  # the same run, allowed: it trains on what is left
+    (row,) = [json.loads(x) for x in (tmp_path / "run2" / "metrics.jsonl").read_text().splitlines()]
+    assert row["hotpotqa/n_void"] > 0
+
+
+def test_reflection_prompts_are_capped(tmp_path, retro_path):
+    make_env = lambda: envs.make("hotpotqa", "train")
+    traj = run_trial(make_env(), 0, ExpertLLM(make_env), examples=())
+    traj.success, traj.steps = False, []
+    full = Retrospector.load(tiny_config(tmp_path, retro_path), "cpu")
+    cap = len(full.encode(build_reflection_prompt(traj))) + 90  # room for the marker and a step or two
+    traj.steps = [(f"thought {j}", f"Search[page {j}]", "Nothing.", 0.0) for j in range(5)]
+    capped = Retrospector.load(tiny_config(tmp_path, retro_path, reflection_prompt_tokens=cap), "cpu")
+    assert full.max_prompt_tokens == 512 - 8 and capped.max_prompt_tokens == cap
+    (r_full,), (r_cap,) = full.reflect([traj]), capped.reflect([traj])
+    assert len(r_cap.prompt_ids) <= cap < len(r_full.prompt_ids) <= 504
+    assert "earlier steps elided" in r_cap.prompt and "elided" not in r_full.prompt
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tmp_path, retro_path):
+    grads = []
+    for on in (False, True):
+        torch.manual_seed(0)  # the same adapters' init
+        retro = Retrospector.load(tiny_config(tmp_path, retro_path, grad_checkpoint=on), "cpu")
+        assert retro.model.grad_checkpoint is on
+        for m in lora_modules(retro.model).values():  # B != 0, so that A gets a gradient too
+            torch.nn.init.normal_(m.lora_B, std=0.02)
+        retro.model.train()
+        ids = torch.randint(0, 800, (2, 40))
+        retro.model(ids).logsumexp(-1).mean().backward()
+        grads.append({n: p.grad.clone() for n, p in retro.model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-5, atol=1e-7)
