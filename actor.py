@@ -21,6 +21,7 @@ import torch
 
 import model as modelpy
 from infra import http, parallel, server
+from infra import quantize as quant
 from infra.prefix_cache import PrefixCache
 
 log = logging.getLogger("retroformer.actor")
@@ -422,8 +423,10 @@ class LocalLLM:
         self.finish_reasons = collections.Counter()  # "length": a completion cut at max_tokens
 
     @classmethod
-    def load(cls, path, device="cpu", dtype=None, **kw) -> LocalLLM:
-        model = modelpy.from_pretrained(path, device=device, dtype=dtype)
+    def load(cls, path, device="cpu", dtype=None, quantize="", **kw) -> LocalLLM:
+        """quantize: "" | "int8" | "int4" weight-only (infra/quantize.py), layer by layer onto `device`."""
+        model = modelpy.from_pretrained(path, device="cpu" if quantize else device, dtype=dtype)
+        model = quant.quantize(model, quantize, device=device)
         return cls(model, modelpy.load_tokenizer(path), **kw)
 
     def encode(self, text: str) -> list[int]:

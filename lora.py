@@ -8,7 +8,8 @@ PPO's KL penalty and the Reflexion baseline, with no second copy of the weights.
 Adapters are stored in float32 whatever the base dtype: they are tiny, and AdamW's small updates
 to bf16/fp16 weights would round away. They are computed in the activations' dtype (fast half
 precision matmuls; the input saved for backward is the one the base layer saves anyway), with
-float32 gradients. They live on the wrapped layer's device.
+float32 gradients. They live on the wrapped layer's device. The base may be a weight-only quantized
+QuantLinear (infra/quantize.py, QLoRA-style): the adapters are the same, only merging is refused.
 """
 
 import math
@@ -19,19 +20,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from infra.quantize import QuantLinear
+
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 class LoRALinear(nn.Module):
-    """nn.Linear `base` (frozen) plus a low-rank update (alpha/r) * B @ A."""
+    """nn.Linear or QuantLinear `base` (frozen) plus a low-rank update (alpha/r) * B @ A."""
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0):
+    def __init__(self, base: nn.Linear | QuantLinear, r: int, alpha: float, dropout: float = 0.0):
         super().__init__()
         if r <= 0:
             raise ValueError(f"LoRA rank r must be positive, got {r}")
         self.base = base
         self.r, self.alpha, self.scale = r, alpha, alpha / r
-        dev = base.weight.device
+        dev = (base.qweight if isinstance(base, QuantLinear) else base.weight).device
         self.lora_A = nn.Parameter(torch.empty(r, base.in_features, device=dev, dtype=torch.float32))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, device=dev, dtype=torch.float32))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear (and peft)
@@ -50,7 +53,10 @@ class LoRALinear(nn.Module):
                 y = y - F.linear(x.to(self.lora_A.dtype), self.delta_weight()).to(y.dtype)
             return y
         x2 = x.reshape(-1, x.shape[-1])  # (N, in)
-        y = F.linear(x2, self.base.weight, self.base.bias)  # (N, out)
+        if isinstance(self.base, QuantLinear):
+            y = self.base(x2)  # (N, out), a fresh tensor too: safe to update in place below
+        else:
+            y = F.linear(x2, self.base.weight, self.base.bias)  # (N, out)
         # computed in the base output's dtype (model dtype, or autocast's) from the float32 adapters;
         # the casts are differentiable
         A, B = self.lora_A.to(y.dtype), self.lora_B.to(y.dtype)  # (r, in), (out, r)
@@ -76,13 +82,13 @@ def _matches(name: str, target: str) -> bool:
 
 def apply_lora(model: nn.Module, r: int = 8, alpha: float = 16, dropout: float = 0.0,
                targets=DEFAULT_TARGETS) -> nn.Module:
-    """Wrap the nn.Linear layers named by `targets` with LoRALinear and freeze everything else."""
+    """Wrap the nn.Linear (or QuantLinear) layers named by `targets` with LoRALinear; freeze the rest."""
     if lora_modules(model):
         raise ValueError("model already has LoRA adapters: apply_lora once (or load_lora into it)")
     if isinstance(targets, str):
         targets = (targets,)
     targets = tuple(targets)
-    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    linears = [name for name, m in model.named_modules() if isinstance(m, (nn.Linear, QuantLinear))]
     chosen = [name for name in linears if any(_matches(name, t) for t in targets)]
     if not chosen:
         raise ValueError(f"no LoRA target {list(targets)} matches a Linear layer of the model; "
@@ -164,6 +170,11 @@ def load_lora(model: nn.Module, path) -> nn.Module:
 @torch.no_grad()
 def merge_lora(model: nn.Module) -> nn.Module:
     """Fold every adapter into its base weight (faster inference; undo with unmerge_lora)."""
+    quantized = [name for name, m in lora_modules(model).items() if isinstance(m.base, QuantLinear)]
+    if quantized:  # before touching any weight
+        raise ValueError(f"merge_lora: {quantized[0]!r} (and {len(quantized) - 1} more) has a quantized base "
+                         "(infra/quantize.py): an update cannot be folded into integer weights; keep the "
+                         "adapters unmerged")
     for name, m in lora_modules(model).items():
         if m.merged:
             raise ValueError(f"merge_lora: module {name!r} is already merged")

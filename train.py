@@ -39,6 +39,7 @@ import model as modelpy
 from actor import HTTPLLM, LLMError, LocalLLM, build_reflection_prompt, run_trials
 from infra import config as configurator
 from infra import ddp, runlog, runstate
+from infra.quantize import quantize
 from lora import apply_lora, disable_lora, lora_report
 from ppo import PPOConfig, PPOTrainer
 from worlds.scripted import ExpertLLM, ExplorerLLM, few_shot_examples
@@ -56,6 +57,7 @@ class Config:
     resume: bool = False  # continue from out_dir/ckpt.pt
     device: str = "cpu"  # "cuda" on a GPU (torchrun: cuda:LOCAL_RANK)
     dtype: str = "float32"  # bfloat16 | float16 | float32: the frozen weights; LoRA stays float32
+    quantize: str = ""  # "" | int8 | int4: weight-only quantized frozen projections (infra/quantize.py)
     progress: bool = True  # tqdm bars
     threads: int = 0  # torch CPU threads; 0 = torch's default (one per core)
     # environments
@@ -125,6 +127,8 @@ def parse_config(argv) -> Config:
             raise ValueError(f"config key {key!r} must be >= 0, got {getattr(cfg, key)}")
     if not 0 <= cfg.max_void_share <= 1:
         raise ValueError(f"config key 'max_void_share' must be in [0, 1], got {cfg.max_void_share}")
+    if cfg.quantize not in ("", "int8", "int4"):
+        raise ValueError(f"config key 'quantize' must be '', int8 or int4, got {cfg.quantize!r}")
     if cfg.eval_split not in ("test", "val"):
         raise ValueError(f"config key 'eval_split' must be test or val, got {cfg.eval_split!r}")
     return cfg
@@ -194,7 +198,8 @@ def torch_dtype(cfg: Config):
 
 def build_actor(cfg: Config, device):
     if cfg.actor == "local":
-        return LocalLLM.load(cfg.actor_path, device=device, dtype=torch_dtype(cfg), seed=cfg.seed)
+        return LocalLLM.load(cfg.actor_path, device=device, dtype=torch_dtype(cfg), quantize=cfg.quantize,
+                             seed=cfg.seed)
     if cfg.actor == "http":
         llm = HTTPLLM(cfg.actor_url, cfg.actor_model, api=cfg.actor_api, api_key_env=cfg.actor_api_key_env,
                       context_window=cfg.actor_context_window, max_concurrency=cfg.concurrency)
@@ -244,7 +249,10 @@ class Retrospector:
 
     @classmethod
     def load(cls, cfg: Config, device, lora=True):
-        model = modelpy.from_pretrained(cfg.retrospector_path, device=device, dtype=torch_dtype(cfg))
+        # quantized: loaded on the CPU, then quantized layer by layer onto `device`; before LoRA (float32)
+        model = modelpy.from_pretrained(cfg.retrospector_path, device="cpu" if cfg.quantize else device,
+                                        dtype=torch_dtype(cfg))
+        model = quantize(model, cfg.quantize, device=device)
         if lora:
             apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, targets=cfg.lora_targets.split(","))
         model.grad_checkpoint = cfg.grad_checkpoint

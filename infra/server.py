@@ -246,7 +246,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def main(load, argv=None):
-    """`python actor.py serve ...`: load(path, device=, dtype=, seed=) -> the LLM to serve."""
+    """`python actor.py serve ...`: load(path, device=, dtype=, seed=, quantize=) -> the LLM to serve."""
     p = argparse.ArgumentParser(description="Serve a local checkpoint over the OpenAI-compatible protocol.")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="serve a local checkpoint over the OpenAI-compatible protocol")
@@ -258,10 +258,11 @@ def main(load, argv=None):
     s.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     s.add_argument("--max-batch", type=int, default=64, help="most requests in one generate() call")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quantize", default="", choices=["", "int8", "int4"], help="weight-only integer weights")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    llm = load(args.model, device=args.device, dtype=dtype, seed=args.seed)
+    llm = load(args.model, device=args.device, dtype=dtype, seed=args.seed, quantize=args.quantize)
     name = args.name or os.path.basename(os.path.normpath(args.model))
     srv = ActorServer(llm, name, args.host, args.port, args.max_batch)
     log.info("serving %s as %r on http://%s:%d/v1", args.model, name, args.host, srv.server_address[1])
