@@ -11,7 +11,8 @@ eval_trials - 1 retries of the tasks not yet solved:
     retroformer  reflections by the retrospector with the trained adapters (out_dir/adapters.pt)
 success_by_trial[k] = fraction of tasks solved in any of trials 0..k, averaged over seeds;
 ci95_by_trial[k] = 1.96 * sample std over seeds / sqrt(n_seeds) (a normal interval over seeds; null
-with one seed). Tasks whose episode failed in the backend are left out (n_void). Writes
+with one seed). Tasks whose episode failed in the backend are left out (n_void); more than
+max_void_share void episodes in a method's run stop the evaluation with a non-zero exit. Writes
 out_dir/eval.json, prints a markdown table and draws the curves in out_dir/eval.svg.
 Every trial is logged to out_dir/eval_episodes.jsonl with its seed and method ("shared": trial 0).
 --eval_split=val runs a validation slice of the train split instead of test (envs.VAL_FIRST on;

@@ -9,6 +9,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+from conftest import unpermute_rotary
 
 import model as M
 from formats.gguf import gguf_tensor, read_gguf
@@ -36,11 +37,6 @@ def _llama(tie=False, scaling=None, seed=0):
         for p in ref.parameters():
             p.mul_(10.0) if p.dim() > 1 else p.uniform_(0.5, 1.5)
     return ref
-
-
-def _permute(w, n_head):
-    """convert_hf_to_gguf's LlamaModel.permute: HF q/k rows -> llama.cpp's interleaved RoPE rows."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def _add(w, name, t, qtype):
@@ -78,10 +74,11 @@ def write_llama_gguf(path, ref, qtype=Q.F32, rope_freqs=None, arch="llama", skip
     for i in range(c.num_hidden_layers):
         for hf, g in LLAMA_NAMES.items():
             t = sd[f"model.layers.{i}.{hf}.weight"]
+            # convert_hf_to_gguf's permute takes q/k rows to the interleaved (Meta) RoPE layout
             if g == "attn_q":
-                t = _permute(t, c.num_attention_heads)
+                t = unpermute_rotary(t, c.num_attention_heads)
             if g == "attn_k":
-                t = _permute(t, c.num_key_value_heads)
+                t = unpermute_rotary(t, c.num_key_value_heads)
             tensors[f"blk.{i}.{g}.weight"] = t
     for name, t in tensors.items():
         if name not in skip:
