@@ -1,6 +1,7 @@
 """WebShop environment: interface, WebShop's reward, splits, expert, explorer failures and plans."""
 
 import random
+import re
 from functools import partial
 
 import pytest
@@ -147,9 +148,9 @@ def test_reward_is_webshops_formula(test_env):
 
     def buy(asin, options):
         env.reset(i)
-        env.step(f"search[{goal['phrase']}]")
-        while f"[{asin}]" not in env._page_text():
-            env.step("click[Next >]")
+        obs = env.step(f"search[{goal['phrase']}]")[0]
+        while f"[{asin}]" not in obs:
+            obs = env.step("click[Next >]")[0]
         env.step(f"click[{asin}]")
         for v in options:
             env.step(f"click[{v}]")
@@ -218,9 +219,10 @@ def test_case_and_whitespace_variants_are_accepted(test_env):
     env = test_env
     env.reset(0)
     goal = env.task
-    assert env.step(f"  SEARCH [ {goal['phrase'].upper()} ] ")[0].startswith("[Back to Search]\nPage 1")
+    results = env.step(f"  SEARCH [ {goal['phrase'].upper()} ] ")[0]
+    assert results.startswith("[Back to Search]\nPage 1")
     assert env.step("search[x]")[0].startswith("Invalid action! Search is on the search page only")
-    asin = env._on_page()[0]["asin"]
+    asin = re.search(r"^\[(B0\w+)\]$", results, re.M)[1]  # the first result
     assert "Price: $" in env.step(f"Click[{asin.lower()}]")[0]
     v = next(iter(env.item["options"].values()))[0]
     assert env.step(f"click[  {v.upper()} ]")[0] == f"You have clicked {v}."
