@@ -372,9 +372,9 @@ def save(model, tok, path):
 
 N_TASKS = {"hotpotqa": 2400, "alfworld": 1500, "webshop": 1800}
 # HotPotQA tasks whose names come from the extra inventory 1, for the retrospector only (a name-copy
-# drill): trained on the train split's names alone, it wrote test names with the train split's endings
-# ('Ginono' -> 'Ginona'), and its plans named pages that exist for 8% of failed test trials (43% on
-# train-split names). The actor's data and the tokenizer do not use them.
+# drill): trained on the train split's names alone, it writes new names with the endings it learned
+# ('Ginono' -> 'Ginona') instead of copying them (docs/results.md). The actor's data and the tokenizer
+# do not use them.
 N_NAMES_DRILL = 1200
 # A long ALFWorld episode gives one segment per step once old steps are elided (each with one
 # short completion): keep only this share of those to spend the CPU budget on more episodes.
