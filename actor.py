@@ -23,6 +23,7 @@ import model as modelpy
 from infra import http, parallel, server
 from infra import quantize as quant
 from infra.prefix_cache import PrefixCache
+from lora import fold_lora, load_lora
 
 log = logging.getLogger("retroformer.actor")
 
@@ -423,9 +424,12 @@ class LocalLLM:
         self.finish_reasons = collections.Counter()  # "length": a completion cut at max_tokens
 
     @classmethod
-    def load(cls, path, device="cpu", dtype=None, quantize="", **kw) -> LocalLLM:
-        """quantize: "" | "int8" | "int4" weight-only (infra/quantize.py), layer by layer onto `device`."""
-        model = modelpy.from_pretrained(path, device="cpu" if quantize else device, dtype=dtype)
+    def load(cls, path, device="cpu", dtype=None, quantize="", adapter="", **kw) -> LocalLLM:
+        """quantize: "" | "int8" | "int4" weight-only (infra/quantize.py), layer by layer onto `device`.
+        adapter: a lora.save_lora file folded into the weights first (scripts/bc_actor.py makes one)."""
+        model = modelpy.from_pretrained(path, device="cpu" if quantize or adapter else device, dtype=dtype)
+        if adapter:
+            fold_lora(load_lora(model, adapter))
         model = quant.quantize(model, quantize, device=device)
         return cls(model, modelpy.load_tokenizer(path), **kw)
 

@@ -196,6 +196,19 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
     return model
 
 
+@torch.no_grad()
+def fold_lora(model: nn.Module) -> nn.Module:
+    """Merge every adapter into its base weight and put the base layer back in the wrapper's place: a plain
+    model again, as fast as the base and quantizable (an actor behaviour-cloned into a LoRA, kept frozen)."""
+    merge_lora(model)
+    for name, m in lora_modules(model).items():
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, m.base)
+    if hasattr(model, "lora_config"):
+        del model.lora_config
+    return model
+
+
 @contextmanager
 def disable_lora(model: nn.Module):
     """Inside the block the model is the frozen base model (the PPO reference policy)."""

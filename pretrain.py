@@ -224,14 +224,14 @@ def completion(thought: str, action: str) -> str:
     return f" {thought}\nAction: {action}" + actor.STOP[0]
 
 
-def actor_sequences(traj, tok):
+def actor_sequences(traj, tok, context: int = CONTEXT):
     """Token segments of one episode, (ids, loss mask), in exactly the run-time prompt format.
 
-    Step k's prompt is actor.build_prompt(...) with the window's elision; consecutive prompts that
-    extend one another share one segment, so each step's completion is one masked span in it.
+    Step k's prompt is actor.build_prompt(...) with the elision of a `context`-token window; consecutive
+    prompts that extend one another share one segment, so each step's completion is one masked span in it.
     """
     count = lambda s: len(tok.encode(s))
-    limit = CONTEXT - ACTOR_MAX_TOKENS
+    limit = context - ACTOR_MAX_TOKENS
     segments, ids, mask, prev = [], [], [], None
     for k, (thought, action, _obs, _) in enumerate(traj.steps):
         prompt = actor.build_prompt(traj.instruction, traj.steps[:k], traj.reflections, examples(traj.env),
@@ -250,9 +250,9 @@ def actor_sequences(traj, tok):
     return segments
 
 
-def reflection_sequence(traj, reflection: str, tok):
+def reflection_sequence(traj, reflection: str, tok, max_prompt_tokens: int = CONTEXT - REFLECT_MAX_TOKENS):
     count = lambda s: len(tok.encode(s))
-    prompt = tok.encode(actor.build_reflection_prompt(traj, (), count, CONTEXT - REFLECT_MAX_TOKENS))
+    prompt = tok.encode(actor.build_reflection_prompt(traj, (), count, max_prompt_tokens))
     out = tok.encode(" " + reflection.strip()) + [tok.eos_id]
     return prompt + out, [0] * len(prompt) + [1] * len(out)
 

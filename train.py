@@ -40,7 +40,7 @@ from actor import HTTPLLM, LLMError, LocalLLM, build_reflection_prompt, run_tria
 from infra import config as configurator
 from infra import ddp, runlog, runstate
 from infra.quantize import quantize
-from lora import apply_lora, disable_lora, lora_report
+from lora import apply_lora, disable_lora, fold_lora, load_lora, lora_report
 from ppo import PPOConfig, PPOTrainer
 from worlds.scripted import ExpertLLM, ExplorerLLM, few_shot_examples
 
@@ -67,6 +67,7 @@ class Config:
     # actor (frozen)
     actor: str = "explorer"  # local (model.py) | http (OpenAI-compatible) | expert | explorer (scripted)
     actor_path: str = "checkpoints/tiny/actor"  # actor=local
+    actor_adapter: str = ""  # actor=local: a LoRA file folded into the actor (scripts/bc_actor.py)
     actor_url: str = "http://127.0.0.1:8000/v1"  # actor=http
     actor_model: str = "default"  # actor=http: the model name the server knows
     actor_api: str = "completions"  # completions | chat
@@ -79,6 +80,7 @@ class Config:
     memory_k: int = 3  # reflections shown to the actor
     # retrospector (LoRA-trained)
     retrospector_path: str = "checkpoints/tiny/retrospector"
+    retrospector_adapter: str = ""  # a LoRA file folded into the frozen retrospector (scripts/bc_lora.py)
     chat_template: bool = False  # wrap the reflection prompt in the tokenizer's chat template
     reflection_max_tokens: int = 112
     reflection_temperature: float = 1.0
@@ -127,10 +129,14 @@ def parse_config(argv) -> Config:
             raise ValueError(f"config key {key!r} must be >= 0, got {getattr(cfg, key)}")
     if not 0 <= cfg.max_void_share <= 1:
         raise ValueError(f"config key 'max_void_share' must be in [0, 1], got {cfg.max_void_share}")
-    if cfg.quantize not in ("", "int8", "int4"):
-        raise ValueError(f"config key 'quantize' must be '', int8 or int4, got {cfg.quantize!r}")
-    if cfg.eval_split not in ("test", "val"):
-        raise ValueError(f"config key 'eval_split' must be test or val, got {cfg.eval_split!r}")
+    for key, choices in (("quantize", ("", "int8", "int4")), ("eval_split", ("test", "val"))):
+        if getattr(cfg, key) not in choices:
+            raise ValueError(f"config key {key!r} must be one of {choices}, got {getattr(cfg, key)!r}")
+    if cfg.actor_adapter and cfg.actor != "local":
+        raise ValueError(f"config key 'actor_adapter' needs actor=local, got actor={cfg.actor!r}")
+    for key in ("actor_adapter", "retrospector_adapter"):
+        if getattr(cfg, key) and not os.path.isfile(getattr(cfg, key)):
+            raise ValueError(f"config key {key!r}: no file {getattr(cfg, key)!r}")
     return cfg
 
 
@@ -180,12 +186,13 @@ def derive_seed(*parts) -> int:
 def ensure_checkpoints(cfg: Config):
     """Build the tiny offline checkpoints with `python pretrain.py` when a default path is missing."""
     paths = [cfg.retrospector_path] + ([cfg.actor_path] if cfg.actor == "local" else [])
-    missing = [p for p in paths if not os.path.isdir(p)]
+    missing = [p for p in paths if not os.path.exists(p)]  # a folder, or one file (GGUF)
     if not missing:
         return
     defaults = {Config.actor_path, Config.retrospector_path}
     if any(p not in defaults for p in missing):
-        raise FileNotFoundError(f"no checkpoint folder {missing[0]!r} (set actor_path / retrospector_path)")
+        fetch = "; scripts/fetch_smollm2.sh fetches it" if "smollm2" in missing[0].lower() else ""
+        raise FileNotFoundError(f"no checkpoint {missing[0]!r} (set actor_path / retrospector_path{fetch})")
     print(f"{missing} missing: running pretrain.py to build the tiny checkpoints first")
     subprocess.run([sys.executable, os.path.join(ROOT, "pretrain.py")], check=True)
 
@@ -199,7 +206,7 @@ def torch_dtype(cfg: Config):
 def build_actor(cfg: Config, device):
     if cfg.actor == "local":
         return LocalLLM.load(cfg.actor_path, device=device, dtype=torch_dtype(cfg), quantize=cfg.quantize,
-                             seed=cfg.seed)
+                             adapter=cfg.actor_adapter, seed=cfg.seed)
     if cfg.actor == "http":
         llm = HTTPLLM(cfg.actor_url, cfg.actor_model, api=cfg.actor_api, api_key_env=cfg.actor_api_key_env,
                       context_window=cfg.actor_context_window, max_concurrency=cfg.concurrency)
@@ -239,9 +246,8 @@ class Retrospector:
         self.batch_size = batch_size
         # a long trial is elided to fit this budget: PPO's memory grows with prompt length, and a model's
         # max_seq_len (131k for Llama 3.x) is no budget for that
-        self.max_prompt_tokens = model.config.max_seq_len - max_tokens
-        if max_prompt_tokens:
-            self.max_prompt_tokens = min(self.max_prompt_tokens, max_prompt_tokens)
+        window = model.config.max_seq_len - max_tokens
+        self.max_prompt_tokens = min(window, max_prompt_tokens) if max_prompt_tokens else window
         eot = tokenizer.special_tokens.get("<|eot_id|>")
         self.stop_id = eot if chat_template and eot is not None else tokenizer.eos_id
         if self.stop_id is None:
@@ -250,8 +256,10 @@ class Retrospector:
     @classmethod
     def load(cls, cfg: Config, device, lora=True):
         # quantized: loaded on the CPU, then quantized layer by layer onto `device`; before LoRA (float32)
-        model = modelpy.from_pretrained(cfg.retrospector_path, device="cpu" if cfg.quantize else device,
-                                        dtype=torch_dtype(cfg))
+        model = modelpy.from_pretrained(cfg.retrospector_path, dtype=torch_dtype(cfg),
+                                        device="cpu" if cfg.quantize or cfg.retrospector_adapter else device)
+        if cfg.retrospector_adapter:  # part of the frozen model: what Reflexion (adapters off) uses too
+            fold_lora(load_lora(model, cfg.retrospector_adapter))
         model = quantize(model, cfg.quantize, device=device)
         if lora:
             apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, targets=cfg.lora_targets.split(","))

@@ -8,6 +8,7 @@ from lora import (
     LoRALinear,
     apply_lora,
     disable_lora,
+    fold_lora,
     load_lora,
     lora_modules,
     lora_report,
@@ -67,6 +68,18 @@ def test_merge_unmerge_exact():
     for n, m in lora_modules(model).items():
         assert torch.allclose(m.base.weight, w0[n], atol=1e-6)
     assert torch.allclose(model(IDX), out, atol=1e-5)
+
+
+def test_fold_gives_a_plain_model_with_the_adapted_outputs():
+    model = tiny()
+    apply_lora(model, r=4, alpha=8)
+    randomize_adapters(model)
+    out = model(IDX)
+    fold_lora(model)
+    assert not lora_modules(model) and not hasattr(model, "lora_config")
+    assert all(type(m) is nn.Linear for n, m in model.named_modules() if n.endswith(("q_proj", "down_proj")))
+    assert torch.allclose(model(IDX), out, atol=1e-5)
+    assert not torch.allclose(model(IDX), tiny()(IDX), atol=1e-3)  # the adapters' change stays in
 
 
 def test_disable_lora_is_the_base_model_and_restores_on_exception():

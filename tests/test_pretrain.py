@@ -263,3 +263,57 @@ def test_induction_sequences_repeat_with_the_loss_on_the_repeat():
         assert ids[:k] == ids[k:] and mask == [0] * k + [1] * k and 10 <= k <= 60
         assert all(0 <= t < 999 for t in ids)  # 999: end of text
     assert len({tuple(ids) for ids, _ in seqs}) == 50
+
+
+def load_script(name):
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(P.__file__)), "scripts", name)
+    spec = importlib.util.spec_from_file_location(name[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def bc_run(tiny_run, role, out):
+    """scripts/bc_lora.py at a tiny size, on the tiny_run checkpoint of `role`."""
+    base = os.path.join(tiny_run, role)
+    args = ["--role", role, "--model", base, "--tasks", "12", "--holdout", "0.5", "--steps", "8",
+            "--lr", "1e-2", "--batch-tokens", "1024", "--prompt-tokens", "600", "--out", str(out)]
+    res = load_script("bc_lora.py").main(args)
+    assert res["held_out_after"] < res["held_out_before"]
+    state = torch.load(out, weights_only=True)["state"]
+    assert {t.dtype for t in state.values()} == {torch.bfloat16}  # half the bytes on disk
+    return base
+
+
+def test_bc_actor_lowers_the_loss_and_its_adapter_folds_into_the_actor(tiny_run, tmp_path):
+    out = tmp_path / "adapter.pt"
+    base = bc_run(tiny_run, "actor", out)
+    cfg = train.parse_config(["--actor=local", f"--actor_path={base}", f"--actor_adapter={out}"])
+    llm = train.build_actor(cfg, "cpu")
+    plain = actor.LocalLLM.load(base)
+    assert not any("lora" in n for n, _ in llm.model.named_parameters())  # folded: a plain model
+    ids = torch.tensor([plain.encode("Question: who wrote it?")])
+    assert not torch.allclose(llm.model(ids), plain.model(ids), atol=1e-4)  # the adapter's change is in
+    with pytest.raises(ValueError, match="actor_adapter"):
+        train.parse_config(["--actor=explorer", f"--actor_adapter={out}"])
+    with pytest.raises(ValueError, match="no file"):
+        train.parse_config(["--actor=local", f"--actor_adapter={tmp_path / 'missing.pt'}"])
+
+
+def test_bc_retrospector_adapter_is_the_frozen_model_that_ppo_adapts(tiny_run, tmp_path):
+    from lora import disable_lora, lora_modules
+
+    out = tmp_path / "adapter.pt"
+    base = bc_run(tiny_run, "retrospector", out)
+    cfg = train.parse_config([f"--retrospector_path={base}", f"--retrospector_adapter={out}"])
+    retro = train.Retrospector.load(cfg, "cpu")
+    ids = torch.tensor([retro.encode("Reflection:")])
+    tuned = M.from_pretrained(base)
+    load_script("bc_lora.py").lora.load_lora(tuned, out)
+    with torch.no_grad(), disable_lora(retro.model):  # adapters off (Reflexion): the fine-tuned model
+        assert torch.allclose(retro.model(ids), tuned(ids), atol=1e-4)
+        assert not torch.allclose(retro.model(ids), M.from_pretrained(base)(ids), atol=1e-4)
+    fresh = lora_modules(retro.model).values()  # PPO's own adapters on top, a no-op until trained
+    assert fresh and all(m.lora_B.abs().sum() == 0 for m in fresh)

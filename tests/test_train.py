@@ -112,11 +112,24 @@ def test_config_defaults_file_and_flags(tmp_path):
         (["--reflection_prompt_tokens=-5"], r"'reflection_prompt_tokens' must be >= 0, got -5"),
         (["--max_void_share=1.5"], r"'max_void_share' must be in \[0, 1\], got 1.5"),
         (["missing.py"], r"config file 'missing.py' not found"),
+        (["--quantize=int3"], r"'quantize' must be one of \('', 'int8', 'int4'\), got 'int3'"),
+        (["--eval_split=dev"], r"'eval_split' must be one of \('test', 'val'\), got 'dev'"),
+        (["--retrospector_adapter=nope.pt"], r"'retrospector_adapter': no file 'nope.pt'"),
     ],
 )
 def test_config_errors(argv, message):
     with pytest.raises(ValueError, match=message):
         parse_config(argv)
+
+
+def test_a_missing_checkpoint_is_named_and_a_gguf_file_counts(tmp_path):
+    import train as trainpy
+
+    gone = str(tmp_path / "smollm2" / "model.gguf")
+    with pytest.raises(FileNotFoundError, match=f"no checkpoint '{re.escape(gone)}'.*fetch_smollm2.sh"):
+        trainpy.ensure_checkpoints(parse_config([f"--retrospector_path={gone}"]))
+    (tmp_path / "x.gguf").write_bytes(b"GGUF")  # one file is a checkpoint: nothing to build
+    trainpy.ensure_checkpoints(parse_config([f"--retrospector_path={tmp_path / 'x.gguf'}"]))
 
 
 def test_threads_key_sets_torch_threads():
