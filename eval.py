@@ -164,9 +164,10 @@ def main(argv=None):
         actor_llm = train.build_actor(cfg, cfg.device)
     except LLMError as e:  # the actor's start-up check: a wrong URL, model name or key
         raise SystemExit(f"error: {e}") from None
-    retrospector = None
-    if {"reflexion", "retroformer"} & set(cfg.eval_methods.split(",")):
+    retrospector, methods = None, set(cfg.eval_methods.split(","))
+    if {"reflexion", "retroformer"} & methods:
         retrospector = train.Retrospector.load(cfg, cfg.device, lora=False)
+    if "retroformer" in methods:  # Reflexion alone is the frozen retrospector: it needs no training
         adapters = os.path.join(cfg.out_dir, "adapters.pt")
         if not os.path.exists(adapters):
             raise SystemExit(f"{adapters} not found: run train.py with out_dir={cfg.out_dir!r} first")

@@ -125,6 +125,12 @@ def test_missing_adapters_and_bad_methods(trained, tmp_path):
     cfg, retro_path = trained
     with pytest.raises(SystemExit, match="adapters.pt not found: run train.py"):
         ev.main([f"--out_dir={tmp_path}", f"--retrospector_path={retro_path}", f"--actor_path={retro_path}"])
+    # the frozen retrospector alone (Reflexion) needs no trained adapters
+    ev.main([f"--out_dir={tmp_path}", f"--retrospector_path={retro_path}", "--envs=hotpotqa",
+             "--eval_tasks=2", "--eval_seeds=0", "--eval_trials=2", "--eval_methods=react,reflexion",
+             "--progress=False"])  # fmt: skip
+    results = json.loads((tmp_path / "eval.json").read_text())["results"]
+    assert list(results["hotpotqa"]) == ["react", "reflexion"]
     cfg2 = tiny_config(tmp_path, retro_path, eval_methods="react,ppo")
     with pytest.raises(ValueError, match=r"unknown \['ppo'\]"):
         ev.evaluate(cfg2, ScriptedActor(), None)
