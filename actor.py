@@ -426,7 +426,7 @@ class LocalLLM:
     @classmethod
     def load(cls, path, device="cpu", dtype=None, quantize="", adapter="", **kw) -> LocalLLM:
         """quantize: "" | "int8" | "int4" weight-only (infra/quantize.py), layer by layer onto `device`.
-        adapter: a lora.save_lora file folded into the weights first (scripts/bc_actor.py makes one)."""
+        adapter: a lora.save_lora file folded into the weights first (scripts/bc_lora.py makes one)."""
         model = modelpy.from_pretrained(path, device="cpu" if quantize or adapter else device, dtype=dtype)
         if adapter:
             fold_lora(load_lora(model, adapter))

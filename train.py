@@ -67,7 +67,7 @@ class Config:
     # actor (frozen)
     actor: str = "explorer"  # local (model.py) | http (OpenAI-compatible) | expert | explorer (scripted)
     actor_path: str = "checkpoints/tiny/actor"  # actor=local
-    actor_adapter: str = ""  # actor=local: a LoRA file folded into the actor (scripts/bc_actor.py)
+    actor_adapter: str = ""  # actor=local: a LoRA file folded into the actor (scripts/bc_lora.py)
     actor_url: str = "http://127.0.0.1:8000/v1"  # actor=http
     actor_model: str = "default"  # actor=http: the model name the server knows
     actor_api: str = "completions"  # completions | chat

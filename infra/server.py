@@ -246,11 +246,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def main(load, argv=None):
-    """`python actor.py serve ...`: load(path, device=, dtype=, seed=, quantize=) -> the LLM to serve."""
+    """`python actor.py serve ...`: load(path, device=, dtype=, seed=, quantize=, adapter=) -> the LLM."""
     p = argparse.ArgumentParser(description="Serve a local checkpoint over the OpenAI-compatible protocol.")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="serve a local checkpoint over the OpenAI-compatible protocol")
-    s.add_argument("--model", required=True, help="checkpoint directory (Hugging Face or Meta layout)")
+    s.add_argument("--model", required=True, help="checkpoint folder (HF or Meta layout) or GGUF file")
     s.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--name", default=None, help="model name clients send (default: the directory name)")
@@ -259,10 +259,12 @@ def main(load, argv=None):
     s.add_argument("--max-batch", type=int, default=64, help="most requests in one generate() call")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quantize", default="", choices=["", "int8", "int4"], help="weight-only integer weights")
+    s.add_argument("--adapter", default="", help="a LoRA file folded into the weights (scripts/bc_lora.py)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    llm = load(args.model, device=args.device, dtype=dtype, seed=args.seed, quantize=args.quantize)
+    llm = load(args.model, device=args.device, dtype=dtype, seed=args.seed, quantize=args.quantize,
+               adapter=args.adapter)
     name = args.name or os.path.basename(os.path.normpath(args.model))
     srv = ActorServer(llm, name, args.host, args.port, args.max_batch)
     log.info("serving %s as %r on http://%s:%d/v1", args.model, name, args.host, srv.server_address[1])

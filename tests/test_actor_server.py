@@ -238,3 +238,18 @@ def test_local_completions_cut_at_max_tokens_are_counted(ckpt):
     assert llm.finish_reasons == collections.Counter(g.finish_reason for g in gens)
     assert sum(llm.finish_reasons.values()) == 2 and llm.finish_reasons["length"] == sum(
         len(g.tokens) == 3 for g in gens)  # fmt: skip
+
+
+def test_serve_command_passes_its_options_to_the_loader():
+    from infra import server
+
+    seen = {}
+
+    def load(path, **kw):
+        seen.update(kw, path=path)
+        raise KeyboardInterrupt  # stop before binding a port
+
+    with pytest.raises(KeyboardInterrupt):
+        server.main(load, ["serve", "--model", "m.gguf", "--device", "cpu", "--quantize", "int8",
+                           "--adapter", "a.pt", "--seed", "3"])  # fmt: skip
+    assert seen == dict(path="m.gguf", device="cpu", dtype=None, seed=3, quantize="int8", adapter="a.pt")
