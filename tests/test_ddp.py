@@ -6,6 +6,7 @@ import os
 import pathlib
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -49,3 +50,22 @@ def test_adapters_stay_identical_across_ranks(tmp_path):
     assert row["n_reflections"] == len(r0) + len(r1) and row["hotpotqa/n_tasks"] == 8
     assert sorted(os.listdir(run)) == ["adapters.pt", "ckpt.pt", "episodes.jsonl", "episodes.rank1.jsonl",
                                        "metrics.jsonl", "replay.jsonl", "replay.rank1.jsonl"]  # fmt: skip
+
+
+def test_metrics_are_reduced_on_the_model_device(monkeypatch):
+    """NCCL reduces only CUDA tensors: the metrics tensor must live where the model does."""
+    from infra import ddp
+
+    seen = []
+
+    def all_reduce(t):
+        seen.append(t.device)
+        t.mul_(2)  # two ranks with the same values
+
+    monkeypatch.setattr(ddp, "world_size", lambda: 2)
+    monkeypatch.setattr(ddp.dist, "all_reduce", all_reduce)
+    device = torch.device("meta")  # a device other than the CPU, as cuda:0 would be on a GPU machine
+    with pytest.raises(NotImplementedError):  # .tolist() of a meta tensor: the values are not needed
+        ddp.mean_over_ranks({"kl": 0.5, "loss": 1.0}, device)
+    assert seen == [device]
+    assert ddp.mean_over_ranks({"kl": 0.5, "loss": 1.0}, "cpu") == {"kl": 0.5, "loss": 1.0}
