@@ -402,6 +402,16 @@ class HTTPLLM:
         return [one(prompts[0])] if len(prompts) == 1 else list(self._pool.map(one, prompts))
 
 
+def load_frozen(path, device="cpu", dtype=None, quantize="", adapter=""):
+    """A checkpoint's model for frozen use (the actor; the retrospector before its PPO adapters).
+    adapter: a lora.save_lora file folded into the weights first (scripts/bc_lora.py makes one).
+    quantize: "" | "int8" | "int4" weight-only (infra/quantize.py), layer by layer onto `device`."""
+    model = modelpy.from_pretrained(path, device="cpu" if quantize or adapter else device, dtype=dtype)
+    if adapter:
+        fold_lora(load_lora(model, adapter))
+    return quant.quantize(model, quantize, device=device)
+
+
 class LocalLLM:
     """A model.py checkpoint in this process; complete() runs all prompts as one generate() call.
 
@@ -425,13 +435,7 @@ class LocalLLM:
 
     @classmethod
     def load(cls, path, device="cpu", dtype=None, quantize="", adapter="", **kw) -> LocalLLM:
-        """quantize: "" | "int8" | "int4" weight-only (infra/quantize.py), layer by layer onto `device`.
-        adapter: a lora.save_lora file folded into the weights first (scripts/bc_lora.py makes one)."""
-        model = modelpy.from_pretrained(path, device="cpu" if quantize or adapter else device, dtype=dtype)
-        if adapter:
-            fold_lora(load_lora(model, adapter))
-        model = quant.quantize(model, quantize, device=device)
-        return cls(model, modelpy.load_tokenizer(path), **kw)
+        return cls(load_frozen(path, device, dtype, quantize, adapter), modelpy.load_tokenizer(path), **kw)
 
     def encode(self, text: str) -> list[int]:
         bos = self.tokenizer.bos_id

@@ -36,11 +36,10 @@ from tqdm import tqdm
 
 import envs
 import model as modelpy
-from actor import HTTPLLM, LLMError, LocalLLM, build_reflection_prompt, run_trials
+from actor import HTTPLLM, LLMError, LocalLLM, build_reflection_prompt, load_frozen, run_trials
 from infra import config as configurator
 from infra import ddp, runlog, runstate
-from infra.quantize import quantize
-from lora import apply_lora, disable_lora, fold_lora, load_lora, lora_report
+from lora import apply_lora, disable_lora, lora_report
 from ppo import PPOConfig, PPOTrainer
 from worlds.scripted import ExpertLLM, ExplorerLLM, few_shot_examples
 
@@ -255,12 +254,10 @@ class Retrospector:
 
     @classmethod
     def load(cls, cfg: Config, device, lora=True):
-        # quantized: loaded on the CPU, then quantized layer by layer onto `device`; before LoRA (float32)
-        model = modelpy.from_pretrained(cfg.retrospector_path, dtype=torch_dtype(cfg),
-                                        device="cpu" if cfg.quantize or cfg.retrospector_adapter else device)
-        if cfg.retrospector_adapter:  # part of the frozen model: what Reflexion (adapters off) uses too
-            fold_lora(load_lora(model, cfg.retrospector_adapter))
-        model = quantize(model, cfg.quantize, device=device)
+        # the fine-tuning adapter is part of the frozen model, what Reflexion (adapters off) uses too;
+        # quantized before PPO's LoRA (float32)
+        model = load_frozen(cfg.retrospector_path, device, torch_dtype(cfg), cfg.quantize,
+                            cfg.retrospector_adapter)
         if lora:
             apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, targets=cfg.lora_targets.split(","))
         model.grad_checkpoint = cfg.grad_checkpoint

@@ -93,7 +93,7 @@ def measure(args):
                 right.append(env.plan(pretrain.trial_steps(t)))
                 wrong.append(pretrain.wrong_reflection(env, t, right[-1], rng))
             fix = [(t.task, [r]) for t, r in zip(failed, right, strict=True) if r]
-            right_ok = solved(*map(list, zip(*fix, strict=True)))[1] if fix else 0
+            right_ok = solved([task for task, _ in fix], [mem for _, mem in fix])[1] if fix else 0
             wrong_ok = solved([t.task for t in failed], [[w] for w in wrong])[1] if failed else 0
             rows[label, name] = dict(solved=ok, right_plan=right_ok, right_of=len(fix), wrong_plan=wrong_ok,
                                      wrong_of=len(failed), seconds=round(time.time() - t0))

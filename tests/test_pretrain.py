@@ -303,7 +303,7 @@ def test_bc_actor_lowers_the_loss_and_its_adapter_folds_into_the_actor(tiny_run,
 
 
 def test_bc_retrospector_adapter_is_the_frozen_model_that_ppo_adapts(tiny_run, tmp_path):
-    from lora import disable_lora, lora_modules
+    from lora import disable_lora, load_lora, lora_modules
 
     out = tmp_path / "adapter.pt"
     base = bc_run(tiny_run, "retrospector", out)
@@ -311,7 +311,7 @@ def test_bc_retrospector_adapter_is_the_frozen_model_that_ppo_adapts(tiny_run, t
     retro = train.Retrospector.load(cfg, "cpu")
     ids = torch.tensor([retro.encode("Reflection:")])
     tuned = M.from_pretrained(base)
-    load_script("bc_lora.py").lora.load_lora(tuned, out)
+    load_lora(tuned, out)
     with torch.no_grad(), disable_lora(retro.model):  # adapters off (Reflexion): the fine-tuned model
         assert torch.allclose(retro.model(ids), tuned(ids), atol=1e-4)
         assert not torch.allclose(retro.model(ids), M.from_pretrained(base)(ids), atol=1e-4)
