@@ -122,6 +122,12 @@ def permute_rotary(w, n_heads):
     return w.view(n_heads, out // n_heads // 2, 2, inp).transpose(1, 2).reshape(out, inp)
 
 
+def unpermute_rotary(w, n_heads):
+    """Inverse of permute_rotary: our q/k rows back to the interleaved order (scripts/export_gguf.py)."""
+    out, inp = w.shape
+    return w.view(n_heads, 2, out // n_heads // 2, inp).transpose(1, 2).reshape(out, inp)
+
+
 def _split_c_attn(prefix, C):
     """GPT-2 c_attn weight (C, 3C) or bias (3C,) -> our q/k/v_proj weights (out, in) or biases."""
 

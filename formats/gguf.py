@@ -296,7 +296,7 @@ def _gpt2_config(meta, tensors, path) -> dict:
         raise ValueError(f"{path}: metadata key {e} is missing") from None
 
 
-def _schema(cfg) -> dict:
+def tensor_schema(cfg) -> dict:
     """{GGUF tensor name: (our name, expected torch shape, rotary heads to un-permute or 0)}; a "{}" in our
     name takes q, k, v (gpt2's fused attention)."""
     C, H, V, hd = cfg["dim"], cfg["hidden_dim"], cfg["vocab_size"], cfg["dim"] // cfg["n_heads"]
@@ -342,7 +342,7 @@ def load_gguf(path) -> tuple[dict, dict[str, torch.Tensor], str]:
     cfg = (_llama_config if arch == "llama" else _gpt2_config)(meta, tensors, path)
     # not parameters: llama's RoPE scaling factors; gpt2's output, a copy of token_embd (tied)
     extra = {"rope_freqs.weight"} if arch == "llama" else {"output.weight"}
-    schema = _schema(cfg)
+    schema = tensor_schema(cfg)
     missing = [k for k in schema if k not in tensors]
     unknown = [k for k in tensors if k not in schema and k not in extra]
     if missing or unknown:

@@ -289,3 +289,53 @@ def test_folder_dispatch(small_gguf, tmp_path):
         M.from_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="nope.gguf"):
         M.from_pretrained(tmp_path / "nope.gguf")
+
+
+def test_export_with_adapter_folded(tmp_path):
+    """scripts/export_gguf.py: a LoRA folded into a GGUF file for llama.cpp. transformers' GGUF loader (which
+    undoes llama.cpp's q/k row order itself) must see the model we run with the adapter folded in."""
+    import subprocess
+    import sys
+
+    from actor import load_frozen
+    from lora import apply_lora, save_lora
+
+    src = write_llama_gguf(tmp_path / "src.gguf", _llama(), Q.Q8_0)
+    tuned = apply_lora(M.from_pretrained(src), r=4, alpha=8, targets=["q_proj", "k_proj", "down_proj"])
+    with torch.no_grad():
+        for name, p in tuned.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # save_lora's B starts at zero: an update that does nothing
+    save_lora(tuned, tmp_path / "a.pt")
+    with torch.no_grad():
+        want = load_frozen(src, adapter=str(tmp_path / "a.pt"))(IDS)
+        plain = M.from_pretrained(src)(IDS)
+    assert (want - plain).norm() / plain.norm() > 0.1  # the adapter changes the model a lot
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts",
+                          "export_gguf.py")  # fmt: skip
+    for kind in ("f32", "q8_0"):
+        out = tmp_path / kind / f"{kind}.gguf"
+        out.parent.mkdir()
+        done = subprocess.run([sys.executable, script, src, tmp_path / "a.pt", out, "--type", kind],
+                              capture_output=True, text=True)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "6 matrices with the adapter folded in" in done.stdout  # 2 layers x (q, k, down)
+        with torch.no_grad():
+            theirs = _hf_from_gguf(str(out))(IDS).logits
+        if kind == "f32":
+            torch.testing.assert_close(theirs, want, rtol=1e-4, atol=1e-4)
+        else:
+            assert (theirs - want).norm() / want.norm() < 0.05  # Q8_0's rounding, far below the update
+        a, b = gguf.GGUFReader(src), gguf.GGUFReader(str(out))
+        assert {k: f.contents() for k, f in a.fields.items() if not k.startswith("GGUF.")} == {
+            k: f.contents() for k, f in b.fields.items() if not k.startswith("GGUF.")}
+        untouched = {t.name: t for t in b.tensors if "attn_q" not in t.name and "attn_k" not in t.name
+                     and "ffn_down" not in t.name}  # fmt: skip
+        assert len(untouched) == len(a.tensors) - 6
+        for t in a.tensors:  # copied byte for byte, in their own type
+            if t.name in untouched:
+                assert untouched[t.name].tensor_type == t.tensor_type
+                assert np.array_equal(untouched[t.name].data, t.data)
+    bad = subprocess.run([sys.executable, script, src, tmp_path / "a.pt", tmp_path / "x.gguf", "--type",
+                          "q4_0"], capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode != 0 and "invalid choice: 'q4_0'" in bad.stderr
