@@ -14,6 +14,7 @@
 # Prompts are capped (reflection_prompt_tokens) because CPU time grows with them; HotPotQA first.
 
 envs = "hotpotqa"
+out_dir = "out-smollm2"  # apart from the default run's out/
 device = "cpu"
 dtype = "float32"
 threads = 2
