@@ -119,14 +119,14 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--batch-tokens", type=int, default=2048, help="padded tokens per optimizer step")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (results depend on it)")
-    p.add_argument("--out", default=None, help="default: checkpoints/adapters/smollm2_{role}_hotpotqa.pt")
+    p.add_argument("--out", default=None, help="default: checkpoints/adapters/smollm2_{role}_{envs}.pt")
     p.add_argument("--measure", type=int, default=0, metavar="N",
                    help="instead of training: plan following of the actor with --out folded in, and without "
                         "it (with --examples few-shot examples), on the first N test tasks of each env")
     p.add_argument("--examples", type=int, default=2, help="--measure: few-shot examples of the plain actor")
     p.add_argument("--actors", default="both", choices=("both", "plain", "adapter"), help="--measure: which")
     args = p.parse_args(argv)
-    args.out = args.out or os.path.join(ADAPTERS, f"smollm2_{args.role}_hotpotqa.pt")
+    args.out = args.out or os.path.join(ADAPTERS, f"smollm2_{args.role}_{args.envs.replace(',', '_')}.pt")
     torch.set_num_threads(args.threads)
     if args.measure:
         return measure(args)
