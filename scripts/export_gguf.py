@@ -51,6 +51,8 @@ def export(src: str, adapter: str, out: str, qtype: str = "q8_0") -> int:
         raise ValueError(f"--type {qtype!r}: expected one of {sorted(TYPES)}")
     kind = gguf.GGMLQuantizationType[TYPES[qtype]]
     src = fg.gguf_file(src) or src
+    if os.path.abspath(out) == os.path.abspath(src):  # the source is read while the output is written
+        raise ValueError(f"{out}: the output would overwrite the source; pick another path")
     updates = lora_updates(src, adapter)
     n_updated = len(updates)
     meta, infos, buf = fg.read_gguf(src)
@@ -72,6 +74,9 @@ def export(src: str, adapter: str, out: str, qtype: str = "q8_0") -> int:
             writer.add_tensor(t.name, a)
         elif kind == gguf.GGMLQuantizationType.F16:
             writer.add_tensor(t.name, a.astype(np.float16))
+        elif a.shape[-1] % 32:  # Q8_0 quantizes blocks of 32 along a row
+            raise ValueError(f"{src}: tensor {t.name!r} has rows of {a.shape[-1]}, not a multiple of 32: "
+                             "Q8_0 cannot hold it; use --type f16")
         else:
             writer.add_tensor(t.name, gguf.quants.quantize(a, kind), raw_dtype=kind)
     writer.write_header_to_file()

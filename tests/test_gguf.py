@@ -339,3 +339,6 @@ def test_export_with_adapter_folded(tmp_path):
     bad = subprocess.run([sys.executable, script, src, tmp_path / "a.pt", tmp_path / "x.gguf", "--type",
                           "q4_0"], capture_output=True, text=True)  # fmt: skip
     assert bad.returncode != 0 and "invalid choice: 'q4_0'" in bad.stderr
+    same = subprocess.run([sys.executable, script, src, tmp_path / "a.pt", src], capture_output=True,
+                          text=True)  # fmt: skip
+    assert same.returncode != 0 and "the output would overwrite the source" in same.stderr
