@@ -24,23 +24,24 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import formats.gguf as fg  # noqa: E402
 import model as modelpy  # noqa: E402
 from formats.checkpoint import unpermute_rotary  # noqa: E402
-from lora import load_lora, lora_modules  # noqa: E402
+from lora import load_lora, lora_modules, merge_lora  # noqa: E402
 
 TYPES = {"q8_0": "Q8_0", "f16": "F16", "f32": "F32"}
 
 
-def lora_updates(src: str, adapter: str) -> dict[str, torch.Tensor]:
-    """{GGUF tensor name: the adapter's update (out, in) in llama.cpp's row order}."""
-    model = load_lora(modelpy.from_pretrained(src), adapter)
+def merged_weights(src: str, adapter: str) -> dict[str, torch.Tensor]:
+    """{GGUF tensor name: dequantized weight plus the adapter's update (out, in), in llama.cpp's row order}
+    for every matrix the adapter touches."""
+    model = merge_lora(load_lora(modelpy.from_pretrained(src, dtype=torch.float32), adapter))
     if model.config.arch != "llama":
         raise ValueError(f"{src}: general.architecture {model.config.arch!r}: only llama is exported")
     ours = {name: (g, heads) for g, (name, _, heads) in fg.tensor_schema(asdict(model.config)).items()}
-    updates = {}
+    merged = {}
     for name, m in lora_modules(model).items():
         g, heads = ours[name + ".weight"]
-        delta = m.delta_weight().detach().float()  # (out, in)
-        updates[g] = unpermute_rotary(delta, heads) if heads else delta
-    return updates
+        w = m.base.weight.detach()  # (out, in)
+        merged[g] = unpermute_rotary(w, heads) if heads else w
+    return merged
 
 
 def export(src: str, adapter: str, out: str, qtype: str = "q8_0") -> int:
@@ -53,11 +54,9 @@ def export(src: str, adapter: str, out: str, qtype: str = "q8_0") -> int:
     src = fg.gguf_file(src) or src
     if os.path.abspath(out) == os.path.abspath(src):  # the source is read while the output is written
         raise ValueError(f"{out}: the output would overwrite the source; pick another path")
-    updates = lora_updates(src, adapter)
-    n_updated = len(updates)
-    meta, infos, buf = fg.read_gguf(src)
+    merged = merged_weights(src, adapter)
     reader = gguf.GGUFReader(src)
-    writer = gguf.GGUFWriter(out, meta["general.architecture"])
+    writer = gguf.GGUFWriter(out, "llama")
     for key, field in reader.fields.items():
         if key.startswith("GGUF.") or key == "general.architecture":  # the writer writes these itself
             continue
@@ -65,11 +64,10 @@ def export(src: str, adapter: str, out: str, qtype: str = "q8_0") -> int:
         sub = field.types[1] if vtype == gguf.GGUFValueType.ARRAY else None
         writer.add_key_value(key, field.contents(), vtype, sub_type=sub)
     for t in reader.tensors:
-        if t.name not in updates:
+        if t.name not in merged:
             writer.add_tensor(t.name, t.data, raw_shape=t.data.shape, raw_dtype=t.tensor_type)
             continue
-        w = fg.gguf_tensor(src, buf, t.name, infos[t.name]).float() + updates.pop(t.name)  # (out, in)
-        a = w.numpy()
+        a = merged[t.name].numpy()  # (out, in)
         if kind == gguf.GGMLQuantizationType.F32:
             writer.add_tensor(t.name, a)
         elif kind == gguf.GGMLQuantizationType.F16:
@@ -83,7 +81,7 @@ def export(src: str, adapter: str, out: str, qtype: str = "q8_0") -> int:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return n_updated
+    return len(merged)
 
 
 def main():
