@@ -11,7 +11,8 @@
 # actor:        SmolLM2 + the behaviour-cloned LoRA, frozen, in this process (batched, prefix cache)
 # retrospector: SmolLM2 + the LoRA trained on reflections (right 30% of the time: the Reflexion baseline,
 #               adapters off), and PPO's own LoRA on top (Retroformer)
-# Prompts are capped (reflection_prompt_tokens) because CPU time grows with them; HotPotQA first.
+# Prompts are capped (reflection_prompt_tokens) because CPU time grows with them. HotPotQA here;
+# ALFWorld: add config/smollm2_alfworld.py after this file.
 
 envs = "hotpotqa"
 out_dir = "out-smollm2"  # apart from the default run's out/

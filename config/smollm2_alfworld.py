@@ -5,8 +5,9 @@
 #   python train.py config/smollm2.py config/smollm2_alfworld.py
 #   python eval.py config/smollm2.py config/smollm2_alfworld.py
 #
-# Fewer tasks than HotPotQA's run: an ALFWorld episode takes up to 25 actor steps (HotPotQA's take about
-# 6), so a trial costs the 2-core CPU about four times as much. Results: docs/smollm2.md.
+# A smaller run than HotPotQA's (fewer updates, tasks and eval trials): an ALFWorld episode takes up to 25
+# actor steps and a failed one all of them, so a trial costs the 2-core CPU several times a HotPotQA one.
+# Results: docs/smollm2.md.
 
 envs = "alfworld"
 out_dir = "out-smollm2-alfworld"
@@ -16,3 +17,4 @@ retrospector_adapter = "checkpoints/adapters/smollm2_retrospector_alfworld.pt"
 updates = 3
 tasks_per_env = 16
 eval_tasks = 20
+eval_trials = 2
