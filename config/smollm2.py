@@ -12,7 +12,7 @@
 # retrospector: SmolLM2 + the LoRA trained on reflections (right 30% of the time: the Reflexion baseline,
 #               adapters off), and PPO's own LoRA on top (Retroformer)
 # Prompts are capped (reflection_prompt_tokens) because CPU time grows with them. HotPotQA here;
-# ALFWorld: add config/smollm2_alfworld.py after this file.
+# ALFWorld, WebShop: add config/smollm2_alfworld.py or config/smollm2_webshop.py after this file.
 
 envs = "hotpotqa"
 out_dir = "out-smollm2"  # apart from the default run's out/
