@@ -72,6 +72,9 @@ class Config:
     actor_api: str = "completions"  # completions | chat
     actor_api_key_env: str = "OPENAI_API_KEY"  # the environment variable holding the key
     actor_context_window: int = 8192  # actor=http; a local actor reads max_seq_len
+    actor_timeout: float = 120.0  # actor=http: seconds to wait for a reply before retrying
+    actor_max_retries: int = 6  # actor=http: retries of a failed request, waits doubling from actor_backoff
+    actor_backoff: float = 1.0  # seconds (at most 60; a server's Retry-After wins)
     actor_max_tokens: int = 64  # per ReAct step
     actor_temperature: float = 0.0
     concurrency: int = 16  # episodes in flight (one batch for a local actor)
@@ -123,9 +126,11 @@ def parse_config(argv) -> Config:
                 "eval_trials"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"config key {key!r} must be >= 1, got {getattr(cfg, key)}")
-    for key in ("threads", "reflection_prompt_tokens"):
+    for key in ("threads", "reflection_prompt_tokens", "actor_max_retries", "actor_backoff"):
         if getattr(cfg, key) < 0:
             raise ValueError(f"config key {key!r} must be >= 0, got {getattr(cfg, key)}")
+    if cfg.actor_timeout <= 0:
+        raise ValueError(f"config key 'actor_timeout' must be > 0, got {cfg.actor_timeout}")
     if not 0 <= cfg.max_void_share <= 1:
         raise ValueError(f"config key 'max_void_share' must be in [0, 1], got {cfg.max_void_share}")
     for key, choices in (("quantize", ("", "int8", "int4")), ("eval_split", ("test", "val"))):
@@ -208,7 +213,9 @@ def build_actor(cfg: Config, device):
                              adapter=cfg.actor_adapter, seed=cfg.seed)
     if cfg.actor == "http":
         llm = HTTPLLM(cfg.actor_url, cfg.actor_model, api=cfg.actor_api, api_key_env=cfg.actor_api_key_env,
-                      context_window=cfg.actor_context_window, max_concurrency=cfg.concurrency)
+                      context_window=cfg.actor_context_window, max_concurrency=cfg.concurrency,
+                      timeout=(5.0, cfg.actor_timeout), max_retries=cfg.actor_max_retries,
+                      backoff=cfg.actor_backoff)  # fmt: skip
         llm.check()
         return llm
     if cfg.actor in ("expert", "explorer"):  # scripted, over every env of cfg.envs, train and test split
