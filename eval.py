@@ -15,11 +15,14 @@ with one seed). Tasks whose episode failed in the backend are left out (n_void);
 max_void_share void episodes in a method's run stop the evaluation with a non-zero exit. Writes
 out_dir/eval.json, prints a markdown table and draws the curves in out_dir/eval.svg.
 Every trial is logged to out_dir/eval_episodes.jsonl with its seed and method ("shared": trial 0).
+--resume after a crash or a kill continues from out_dir/eval_progress.jsonl (infra/runstate.py): the
+(env, seed, method) blocks that finished are not run again, and eval.json equals an uninterrupted run's.
 --eval_split=val runs a validation slice of the train split instead of test (envs.VAL_FIRST on;
 neither PPO nor pretrain.py reads it): choose settings there, without looking at the test tasks.
 """
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -30,16 +33,18 @@ import torch
 
 import envs
 import train
-from actor import LLMError
-from infra import runlog
+from actor import LLMError, Trajectory
+from infra import runlog, runstate
 from lora import load_lora
 from worlds.scripted import few_shot_examples
 
 METHODS = ("react", "reflexion", "retroformer")
 
 
-def evaluate(cfg: train.Config, actor_llm, retrospector, make_env=None, log_path=None) -> dict:
-    """{"<env>": {"<method>": {"success_by_trial", "ci95_by_trial", "n_tasks", "seeds", "n_void"}}}."""
+def evaluate(cfg: train.Config, actor_llm, retrospector, make_env=None, log_path=None, progress=None) -> dict:
+    """{"<env>": {"<method>": {"success_by_trial", "ci95_by_trial", "n_tasks", "seeds", "n_void"}}}.
+    progress: an infra.runstate.EvalProgress; its finished (env, seed, method) blocks are not run again,
+    and each block run is recorded there once its episodes are in its log (which replaces log_path)."""
     cfg = dataclasses.replace(cfg, max_trials=cfg.eval_trials)  # train.rollout() runs max_trials trials
     methods = [m.strip() for m in cfg.eval_methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
@@ -49,6 +54,8 @@ def evaluate(cfg: train.Config, actor_llm, retrospector, make_env=None, log_path
     if not seeds:
         raise ValueError("config key 'eval_seeds' is empty: give e.g. 0,1,2")
     make_env = make_env or (lambda name, split: train.env_factory(cfg, name, split))
+    done = progress.done if progress else {}  # (env, seed, method) -> {"solved", "n", "void"}
+    log = progress.log_path if progress else log_path
     device = next(retrospector.model.parameters()).device if retrospector is not None else "cpu"
     results = {}
     for name in train.env_names(cfg):
@@ -58,21 +65,25 @@ def evaluate(cfg: train.Config, actor_llm, retrospector, make_env=None, log_path
         curves = {m: [] for m in methods}  # method -> per seed, success fraction by trial
         voids = {m: 0 for m in methods}
         for seed in seeds:
-            train.reseed_actor(actor_llm, train.derive_seed(seed, name, "trial0"))
-            first = train.actor_trials(factory, tasks, actor_llm, cfg, examples=examples, log_path=log_path,
-                                       tag={"seed": seed, "method": "shared"})  # fmt: skip
+            first = None  # trial 0, shared by the methods: run once, or read back from the log on --resume
+            if (name, seed, "shared") not in done:
+                train.reseed_actor(actor_llm, train.derive_seed(seed, name, "trial0"))
+                tag = {"seed": seed, "method": "shared"}
+                first = train.actor_trials(factory, tasks, actor_llm, cfg, examples=examples, log_path=log,
+                                           tag=tag)  # fmt: skip
+                if progress:
+                    progress.finish(name, seed, "shared")
             for m in methods:
-                train.reseed_actor(actor_llm, train.derive_seed(seed, name, m, "actor"))
-                gen = torch.Generator(device=device).manual_seed(train.derive_seed(seed, name, m, "reflect"))
-                tag = {"seed": seed, "method": m}
-                _, history = train.rollout(factory, tasks, actor_llm, retrospector, cfg, m, examples, gen,
-                                           log_path, tag=tag, first=first)  # fmt: skip
-                trials = [t for ts in history.values() for t in ts]
-                runlog.stop_if_void([([t.error for t in trials if t.error], len(trials))], cfg.max_void_share,
-                                    f"{name}, seed {seed}, {m}")  # fmt: skip
-                solved, n, void = train.success_counts(history, cfg.max_trials)
-                curves[m].append([s / n if n else float("nan") for s in solved])
-                voids[m] += void
+                if (name, seed, m) not in done:
+                    if first is None:
+                        logged = progress.logged(name, seed, "shared", tasks)
+                        first = [Trajectory.from_json(x) for x in logged]
+                    counts = retries(cfg, name, seed, m, factory, tasks, first, actor_llm, retrospector,
+                                     examples, log, device)  # fmt: skip
+                    done[(name, seed, m)] = progress.finish(name, seed, m, **counts) if progress else counts
+                b = done[(name, seed, m)]
+                curves[m].append([s / b["n"] if b["n"] else float("nan") for s in b["solved"]])
+                voids[m] += b["void"]
         results[name] = {}
         for m in methods:
             c = np.array(curves[m])  # (n_seeds, max_trials)
@@ -83,6 +94,21 @@ def evaluate(cfg: train.Config, actor_llm, retrospector, make_env=None, log_path
                 "n_tasks": len(tasks), "seeds": seeds, "n_void": voids[m],
             }  # fmt: skip
     return results
+
+
+def retries(cfg, name, seed, method, factory, tasks, first, actor_llm, retrospector, examples, log_path,
+            device):  # fmt: skip
+    """Trials 1.. of `method` on env `name` after the shared trial 0 `first` (with the seed's reseeded
+    actor and reflection sampler): {"solved": [tasks solved by trial k], "n": tasks, "void": tasks}."""
+    train.reseed_actor(actor_llm, train.derive_seed(seed, name, method, "actor"))
+    gen = torch.Generator(device=device).manual_seed(train.derive_seed(seed, name, method, "reflect"))
+    _, history = train.rollout(factory, tasks, actor_llm, retrospector, cfg, method, examples, gen, log_path,
+                               tag={"seed": seed, "method": method}, first=first)  # fmt: skip
+    trials = [t for ts in history.values() for t in ts]
+    runlog.stop_if_void([([t.error for t in trials if t.error], len(trials))], cfg.max_void_share,
+                        f"{name}, seed {seed}, {method}")  # fmt: skip
+    solved, n, void = train.success_counts(history, cfg.max_trials)
+    return {"solved": solved, "n": n, "void": void}
 
 
 def _num(x):
@@ -164,7 +190,7 @@ def main(argv=None):
         actor_llm = train.build_actor(cfg, cfg.device)
     except LLMError as e:  # the actor's start-up check: a wrong URL, model name or key
         raise SystemExit(f"error: {e}") from None
-    retrospector, methods = None, set(cfg.eval_methods.split(","))
+    retrospector, methods, adapters = None, set(cfg.eval_methods.split(",")), None
     if {"reflexion", "retroformer"} & methods:
         retrospector = train.Retrospector.load(cfg, cfg.device, lora=False)
     if "retroformer" in methods:  # Reflexion alone is the frozen retrospector: it needs no training
@@ -173,17 +199,31 @@ def main(argv=None):
             raise SystemExit(f"{adapters} not found: run train.py with out_dir={cfg.out_dir!r} first")
         load_lora(retrospector.model, adapters)  # applies the adapters with the file's rank and targets
     os.makedirs(cfg.out_dir, exist_ok=True)
-    log_path = os.path.join(cfg.out_dir, "eval_episodes.jsonl")
-    results = evaluate(cfg, actor_llm, retrospector, log_path=log_path)
+    config = {k: v for k, v in vars(cfg).items() if k != "resume"}  # what ran, not how it was started
+    header = {"config": config, "adapters_sha256": sha256(adapters) if "retroformer" in methods else None}
+    progress = runstate.EvalProgress(cfg.out_dir, header, cfg.resume, ignore=("progress", "threads"))
+    results = evaluate(cfg, actor_llm, retrospector, progress=progress)
     path = os.path.join(cfg.out_dir, "eval.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump({"config": vars(cfg), "results": results}, f, indent=1)
-    os.replace(path + ".tmp", path)
+    runstate.atomic(lambda p: write_json({"config": config, "results": results}, p), path)
     print(markdown_table(results))
     print(f"wrote {path}")
     svg = os.path.join(cfg.out_dir, "eval.svg")
-    plot(results, svg)
+    runstate.atomic(lambda p: plot(results, p), svg)
     print(f"wrote {svg}")
+    progress.close()
+
+
+def write_json(obj, path: str):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1)
+
+
+def sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 if __name__ == "__main__":
