@@ -20,6 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import torch
 
+from formats.tokenizer import CHAT_ROLES
+
 log = logging.getLogger("retroformer.server")
 
 
@@ -41,9 +43,10 @@ class ActorServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, llm, model_name: str, host: str = "127.0.0.1", port: int = 8000,
-                 max_batch: int = 64):  # fmt: skip
+                 max_batch: int = 64, max_body_bytes: int = 8 << 20):  # fmt: skip
         super().__init__((host, port), _Handler)
         self.llm, self.model_name, self.max_batch = llm, model_name, max_batch
+        self.max_body_bytes = max_body_bytes  # 8 MiB: two million tokens of English, far past any context
         self.queue: queue.Queue = queue.Queue()
         self.n_batches = 0  # generate() calls so far
         self.worker = threading.Thread(target=self._work, daemon=True)
@@ -89,9 +92,21 @@ class ActorServer(ThreadingHTTPServer):
         self._check_body(body)
         max_tokens, temperature, top_p, stop = _sampling_settings(body, chat)
         if chat:
-            prompts = [self.llm.encode_chat(_chat_messages(body))]
+            messages = _chat_messages(body)
+            try:
+                prompts = [self.llm.encode_chat(messages)]
+            except ValueError as e:  # the tokenizer has no chat template (its special tokens), or bad text
+                raise APIError(400, f"the chat template cannot encode these messages: {e}. This model's "
+                               "tokenizer may have no chat template: send the prompt to /v1/completions, "
+                               "or serve a checkpoint whose tokenizer has one", "messages") from None
         else:
-            prompts = [self.llm.encode(t) for t in _prompt_texts(body)]
+            texts = _prompt_texts(body, self.max_batch)
+            try:
+                prompts = [self.llm.encode(t) for t in texts]
+            except ValueError as e:  # e.g. a lone surrogate escape (\ud800) in the JSON string
+                raise APIError(400, f"the prompt cannot be encoded: {e}", "prompt") from None
+        if any(not ids for ids in prompts):
+            raise APIError(400, "the prompt is empty (no tokens)", "prompt")
         self._check_context(prompts, max_tokens)
         return prompts, (max_tokens, float(temperature), float(top_p), tuple(stop))
 
@@ -181,26 +196,33 @@ def _chat_messages(body: dict) -> list:
         not isinstance(msgs, list)
         or not msgs
         or not all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            isinstance(m, dict) and m.get("role") in CHAT_ROLES and isinstance(m.get("content"), str)
             for m in msgs
         )
     ):
         raise APIError(
-            400, "messages must be a non-empty list of {role, content} with string content", "messages"
+            400,
+            f"messages must be a non-empty list of {{role, content}}, role in {CHAT_ROLES}, content a string",
+            "messages",
         )
     return msgs
 
 
-def _prompt_texts(body: dict) -> list:
+def _prompt_texts(body: dict, most: int) -> list:
     p = body.get("prompt")
     texts = [p] if isinstance(p, str) else p
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
         raise APIError(400, "prompt must be a string or a non-empty list of strings", "prompt")
+    if len(texts) > most:
+        raise APIError(400, f"at most {most} prompts per request (--max-batch), got {len(texts)}", "prompt")
     return texts
 
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # until a request line parses, http.server takes it for HTTP/0.9 and answers its errors without a status
+    # line or headers; 1.0 gives such replies a status line a client can read
+    default_request_version = "HTTP/1.0"
     disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
     server: ActorServer
 
@@ -219,23 +241,60 @@ class _Handler(BaseHTTPRequestHandler):
         kind = "invalid_request_error" if e.status < 500 else "server_error"
         self._send(e.status, {"error": {"message": e.message, "type": kind, "param": e.param, "code": None}})
 
+    def __getattr__(self, name):  # any other method (PUT, DELETE, FOO): 405, not http.server's 501
+        if name.startswith("do_"):
+            return self._not_allowed
+        raise AttributeError(name)
+
+    def _not_allowed(self):
+        self.close_connection = True  # a body, if any, is not read
+        self._error(APIError(405, f"method {self.command} is not allowed; use GET /v1/models or POST"))
+
     def do_GET(self):
         if self.path.split("?")[0].rstrip("/") == "/v1/models":
             model = {"id": self.server.model_name, "object": "model", "created": 0, "owned_by": "retroformer"}
             return self._send(200, {"object": "list", "data": [model]})
         self._error(APIError(404, f"unknown path {self.path}; try /v1/models"))
 
+    def send_error(self, code, message=None, explain=None):
+        # http.server answers a request line it cannot parse with 501 (unknown method) or 505 (HTTP
+        # version): faults of the client, so 4xx here, as every other bad request
+        code = {501: 405, 505: 400}.get(code, code)
+        super().send_error(code, message, explain)
+
+    def _read_body(self) -> bytes:
+        """The request body, by its Content-Length; raises APIError (and closes the connection, whose
+        unread bytes would otherwise be taken for the next request) when that cannot be done."""
+        length = self.headers.get("Content-Length")
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            raise APIError(411, "chunked request bodies are not supported: send a Content-Length")
+        if length is None:
+            return b""
+        if not length.strip().isdigit():  # int() would take "-5", " 7", "1_0"
+            self.close_connection = True
+            raise APIError(400, f"Content-Length must be a non-negative integer, got {length[:40]!r}")
+        if int(length) > self.server.max_body_bytes:
+            self.close_connection = True
+            raise APIError(413, f"the request body ({int(length)} bytes) is over this server's limit of "
+                                f"{self.server.max_body_bytes} bytes")  # fmt: skip
+        body = self.rfile.read(int(length))
+        if len(body) < int(length):
+            self.close_connection = True
+            raise APIError(400, f"the request body ended after {len(body)} of {int(length)} bytes")
+        return body
+
     def do_POST(self):
         path = self.path.split("?")[0].rstrip("/")
         try:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = self._read_body()
             if path not in ("/v1/completions", "/v1/chat/completions"):
                 raise APIError(
                     404, f"unknown path {path}; this server has /v1/completions, /v1/chat/completions"
                 )
             try:
                 body = json.loads(body)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
                 raise APIError(400, "the request body is not valid JSON") from None
             self._send(200, self.server.completion(path, body))
         except APIError as e:
