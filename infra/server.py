@@ -316,6 +316,7 @@ def main(load, argv=None):
     s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     s.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     s.add_argument("--max-batch", type=int, default=64, help="most requests in one generate() call")
+    s.add_argument("--max-body-mb", type=float, default=8.0, help="larger request bodies get HTTP 413")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quantize", default="", choices=["", "int8", "int4"], help="weight-only integer weights")
     s.add_argument("--adapter", default="", help="a LoRA file folded into the weights (scripts/bc_lora.py)")
@@ -325,7 +326,7 @@ def main(load, argv=None):
     llm = load(args.model, device=args.device, dtype=dtype, seed=args.seed, quantize=args.quantize,
                adapter=args.adapter)
     name = args.name or os.path.basename(os.path.normpath(args.model))
-    srv = ActorServer(llm, name, args.host, args.port, args.max_batch)
+    srv = ActorServer(llm, name, args.host, args.port, args.max_batch, int(args.max_body_mb * (1 << 20)))
     log.info("serving %s as %r on http://%s:%d/v1", args.model, name, args.host, srv.server_address[1])
     try:
         srv.serve_forever()
