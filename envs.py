@@ -17,7 +17,8 @@ import requests
 
 from infra import http
 from worlds.alfworld import ALFWorldEnv
-from worlds.hotpotqa import HotpotQAEnv, QATask
+from worlds.hotpotqa import HotpotQAEnv
+from worlds.hotpotqa_world import QATask
 from worlds.webshop import WebShopEnv
 
 

@@ -2,7 +2,7 @@
 
     python pretrain.py                      # writes checkpoints/tiny/{actor,retrospector}/ (1 thread)
     python pretrain.py --role retrospector  # one of the two (two shells run both roles at once)
-    python pretrain.py --measure 30         # success on 30 test tasks per env: no / right / wrong memory
+    python scripts/measure_tiny.py 30       # then: success on 30 test tasks per env (no/right/wrong memory)
 
 1. A small byte-level BPE vocabulary (formats.bpe.train_bpe) built from the environments' train-split text,
    with a split pattern (SPLIT_PATTERN) that spells names and product ids with short, frequent pieces.
@@ -381,58 +381,6 @@ N_NAMES_DRILL = 1200
 KEEP_ELIDED = 0.25
 
 
-def reflect(model, tok, trajs, temperature: float = 1.0, seed: int = 0) -> list[str]:
-    """The retrospector's reflections on failed trials, as train.py samples them (adapters off here)."""
-    count = lambda s: len(tok.encode(s))
-    prompts = [tok.encode(actor.build_reflection_prompt(t, (), count, CONTEXT - REFLECT_MAX_TOKENS))
-               for t in trajs]  # fmt: skip
-    gen = torch.Generator().manual_seed(seed)
-    gens = modelpy.generate(model, prompts, REFLECT_MAX_TOKENS, temperature, stop_ids=tok.stop_ids,
-                            tokenizer=tok, generator=gen)  # fmt: skip
-    return [g.text.strip() for g in gens]
-
-
-def measure(path: str = OUT, n_tasks: int = 30, seed: int = 0):
-    """Success of the tiny actor on the first n_tasks test tasks of each env: empty memory, the right
-    plan, a wrong plan, and the frozen retrospector's reflections (their share that equals env.plan)."""
-    llm = actor.LocalLLM.load(os.path.join(path, "actor"))
-    retro = modelpy.from_pretrained(os.path.join(path, "retrospector"))
-    tok = llm.tokenizer
-    rng = random.Random(seed)
-    for name in ENVS:
-        make_env = lambda name=name: envs.make(name, "test", seed=ENV_SEED, **ENV_OPTIONS[name])
-        env, tasks = make_env(), list(range(n_tasks))
-
-        def run(ts, mem, make_env=make_env, name=name):
-            return actor.run_trials(make_env, ts, llm, mem, examples=examples(name), k=MEMORY_K,
-                                    max_tokens=ACTOR_MAX_TOKENS, concurrency=len(ts))  # fmt: skip
-
-        t0 = time.time()
-        first = run(tasks, None)
-        wall = time.time() - t0
-        explorer = sum(scripted_trial(env, i, random.Random(i)).success for i in tasks) / n_tasks
-        failed = [t for t in first if not t.success]
-        right, wrong = [], []
-        for t in failed:
-            env.reset(t.task)
-            right.append(env.plan(trial_steps(t)))
-            wrong.append(wrong_reflection(env, t, right[-1], rng))
-        fix = [(t, r) for t, r in zip(failed, right, strict=True) if r]
-        ok = lambda trajs: sum(t.success for t in trajs)
-        right_ok = ok(run([t.task for t, _ in fix], [[r] for _, r in fix])) if fix else 0
-        wrong_ok = ok(run([t.task for t in failed], [[w] for w in wrong])) if failed else 0
-        refl = reflect(retro, tok, failed, seed=seed) if failed else []
-        same = sum(a == (b or "").strip() for a, b in zip(refl, right, strict=True))
-        refl_ok = ok(run([t.task for t in failed], [[r] for r in refl])) if failed else 0
-        nf = len(failed)
-        print(f"{name}: empty memory {ok(first)}/{n_tasks} (explorer {explorer:.2f}); of {nf} failed: "
-              f"right plan fixes {right_ok}/{len(fix)}, wrong plan {wrong_ok}/{nf}, frozen retrospector "
-              f"correct {same}/{nf} ({same / max(1, nf):.2f}), retry success {refl_ok}/{nf}; "
-              f"trial batch of {n_tasks} tasks: {wall:.1f} s")
-        for r, p in list(zip(refl, right, strict=True))[:2]:
-            print(f"  reflection: {r!r}\n  env.plan:   {p!r}")
-
-
 def main(argv=None, out: str = OUT):
     p = argparse.ArgumentParser(description="Pretrain the tiny actor and retrospector (offline default).")
     p.add_argument("--out", default=out, help="output folder (default: checkpoints/tiny)")
@@ -452,12 +400,8 @@ def main(argv=None, out: str = OUT):
     p.add_argument("--dim", type=int, default=MODEL["dim"], help="model width (heads of 32)")
     p.add_argument("--layers", type=int, default=MODEL["n_layers"])
     p.add_argument("--init", default=None, help="continue training the checkpoints in this folder")
-    p.add_argument("--measure", type=int, default=0, metavar="N",
-                   help="instead of training: measure the checkpoints at --out on N test tasks per env")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.measure:
-        return measure(args.out, args.measure, args.seed)
     torch.manual_seed(args.seed)
     t0 = time.time()
     n_tasks = {k: max(4, int(v * args.tasks)) for k, v in N_TASKS.items()}

@@ -122,20 +122,15 @@ class Config:
 def parse_config(argv) -> Config:
     """Config from defaults, then each argument in order: a config file or --key=value (infra/config.py)."""
     cfg = configurator.parse(Config, argv)
-    for key in ("updates", "tasks_per_env", "max_trials", "checkpoint_every", "concurrency", "eval_tasks",
-                "eval_trials"):
-        if getattr(cfg, key) < 1:
-            raise ValueError(f"config key {key!r} must be >= 1, got {getattr(cfg, key)}")
-    for key in ("threads", "reflection_prompt_tokens", "actor_max_retries", "actor_backoff"):
-        if getattr(cfg, key) < 0:
-            raise ValueError(f"config key {key!r} must be >= 0, got {getattr(cfg, key)}")
+    positive = ("updates", "tasks_per_env", "max_trials", "checkpoint_every", "concurrency", "eval_tasks",
+                "eval_trials")
+    non_negative = ("threads", "reflection_prompt_tokens", "actor_max_retries", "actor_backoff")
+    configurator.check(cfg, minimum={**dict.fromkeys(positive, 1), **dict.fromkeys(non_negative, 0)},
+                       choices={"quantize": ("", "int8", "int4"), "eval_split": ("test", "val")})
     if cfg.actor_timeout <= 0:
         raise ValueError(f"config key 'actor_timeout' must be > 0, got {cfg.actor_timeout}")
     if not 0 <= cfg.max_void_share <= 1:
         raise ValueError(f"config key 'max_void_share' must be in [0, 1], got {cfg.max_void_share}")
-    for key, choices in (("quantize", ("", "int8", "int4")), ("eval_split", ("test", "val"))):
-        if getattr(cfg, key) not in choices:
-            raise ValueError(f"config key {key!r} must be one of {choices}, got {getattr(cfg, key)!r}")
     if cfg.actor_adapter and cfg.actor != "local":
         raise ValueError(f"config key 'actor_adapter' needs actor=local, got actor={cfg.actor!r}")
     for key in ("actor_adapter", "retrospector_adapter"):

@@ -61,3 +61,14 @@ def parse(cls, argv):
                     continue
                 setattr(cfg, key, typed(cls, key, value, f"in {arg}"))
     return cfg
+
+
+def check(cfg, minimum: dict, choices: dict):
+    """Range and choice checks, each error naming its key: minimum {key: lowest valid value}, choices
+    {key: tuple of valid values}."""
+    for key, low in minimum.items():
+        if getattr(cfg, key) < low:
+            raise ValueError(f"config key {key!r} must be >= {low}, got {getattr(cfg, key)}")
+    for key, valid in choices.items():
+        if getattr(cfg, key) not in valid:
+            raise ValueError(f"config key {key!r} must be one of {valid}, got {getattr(cfg, key)!r}")

@@ -199,9 +199,8 @@ def quantize(model: nn.Module, kind: str, group_size: int = 64, lm_head: bool = 
         raise ValueError(f"quantize: kind must be '', 'int8' or 'int4', got {kind!r}")
     if not kind:
         return model if device is None else model.to(device)
-    from lora import lora_modules  # here: lora.py imports this module
-
-    if lora_modules(model) or any(isinstance(m, QuantLinear) for m in model.modules()):
+    # adapters are recognised by their lora_A, not by importing lora.py: lora.py builds on this module
+    if any(hasattr(m, "lora_A") or isinstance(m, QuantLinear) for m in model.modules()):
         raise ValueError("quantize: the model already has LoRA adapters or quantized layers: quantize once, "
                          "before apply_lora")
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)

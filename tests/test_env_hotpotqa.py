@@ -11,7 +11,7 @@ import urllib.parse
 import pytest
 
 import envs
-from worlds import hotpotqa
+from worlds import hotpotqa, hotpotqa_world
 from worlds.episodes import rollout
 
 
@@ -60,9 +60,10 @@ def test_train_and_test_share_no_entity(seed):
 def name_words(env):
     """The capitalized words of every page title that are not first names, countries, work-title words
     or an organization's kind: surnames, cities and organization names, built from name stems."""
-    fixed = set(hotpotqa.FIRST_NAMES) | {a for a, _ in hotpotqa.ALIASES} | set(hotpotqa.COUNTRIES)
-    fixed |= set(hotpotqa.WORK_ADJECTIVES) | set(hotpotqa.WORK_NOUNS) | {"The"}
-    fixed |= {suffix for _, suffix in hotpotqa.ORG_KINDS.values()}
+    w = hotpotqa_world
+    fixed = set(w.FIRST_NAMES) | {a for a, _ in w.ALIASES} | set(w.COUNTRIES)
+    fixed |= set(w.WORK_ADJECTIVES) | set(w.WORK_NOUNS) | {"The"}
+    fixed |= {suffix for _, suffix in w.ORG_KINDS.values()}
     return {w for t in env.tasks for title in t.pages for w in re.findall(r"[A-Z][a-z]+", title)} - fixed
 
 
@@ -71,8 +72,8 @@ def test_extra_name_inventories_hold_no_name_of_the_splits(names):
     """names=1 | 2: every name stem comes from that inventory (neither split's, nor the other's); the
     tasks are new ones, not renamed copies, and the explorer's failures are still fixed by the plan."""
     env = envs.make("hotpotqa", "train", names=names, n_tasks=100)
-    stems = {s.capitalize() for s in hotpotqa.NAME_STEMS[names]}
-    others = {s.capitalize() for k, v in hotpotqa.NAME_STEMS.items() if k != names for s in v}
+    stems = {s.capitalize() for s in hotpotqa_world.NAME_STEMS[names]}
+    others = {s.capitalize() for k, v in hotpotqa_world.NAME_STEMS.items() if k != names for s in v}
     words = name_words(env)
     assert len(words) > 300
     assert all(any(w.startswith(s) for s in stems) for w in words)

@@ -11,7 +11,7 @@ import envs
 import eval as ev
 from lora import load_lora
 from train import Retrospector, train
-from worlds import hotpotqa
+from worlds import hotpotqa_world
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -157,7 +157,7 @@ def test_eval_split_val_runs_train_tasks_that_ppo_and_pretraining_skip(tmp_path)
     ppo, test = envs.make("hotpotqa", "train"), envs.make("hotpotqa", "test")
     seen = {ppo.reset(i) for i in range(len(ppo))} | {test.reset(i) for i in range(len(test))}
     assert not any(e["instruction"] in seen for e in episodes)
-    drill = set(hotpotqa.NAME_STEMS[1])  # pretrain.py's name drill
+    drill = set(hotpotqa_world.NAME_STEMS[1])  # pretrain.py's name drill
     assert not any(s in e["instruction"].lower() for s in drill for e in episodes)
     with pytest.raises(ValueError, match="eval_split"):
         parse_config(["--eval_split=dev"])

@@ -12,7 +12,7 @@ import envs
 import model as M
 import pretrain as P
 import train
-from worlds import hotpotqa, scripted
+from worlds import hotpotqa_world, scripted
 
 TINY = {"hotpotqa": 6, "alfworld": 4, "webshop": 6}
 
@@ -63,7 +63,7 @@ def test_names_drill_pairs_are_hotpotqa_failures_on_names_no_split_holds():
     inventory 1, right and wrong reflections among them."""
     episodes, pairs = P.make_trials(0, {"hotpotqa": 20}, names=1)
     assert {e.env for e in episodes} == {"hotpotqa"} and len(pairs) >= 10
-    stems = tuple(s.capitalize() for s in hotpotqa.NAME_STEMS[1])
+    stems = tuple(s.capitalize() for s in hotpotqa_world.NAME_STEMS[1])
     env = envs.make("hotpotqa", "train", n_tasks=300, names=1)
     right = 0
     for t, reflection in pairs:
