@@ -6,6 +6,7 @@ Nothing is downloaded. Each builder seeds torch, saves into the given folder and
 
 import json
 import os
+import threading
 
 import pytest
 import torch
@@ -156,3 +157,19 @@ class CharTokenizer:
 @pytest.fixture
 def char_tokenizer():
     return CharTokenizer()
+
+
+@pytest.fixture
+def background_server():
+    """start(srv): srv (a socketserver) serves on a daemon thread until the test ends, then is closed."""
+    servers = []
+
+    def start(srv):
+        threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
+        servers.append(srv)
+        return srv
+
+    yield start
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()

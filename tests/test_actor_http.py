@@ -83,19 +83,8 @@ class FaultHandler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def serve():
-    servers = []
-
-    def start(fault, expert=None):
-        srv = FaultServer(fault, expert)
-        threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
-        servers.append(srv)
-        return srv
-
-    yield start
-    for srv in servers:
-        srv.shutdown()
-        srv.server_close()
+def serve(background_server):
+    return lambda fault, expert=None: background_server(FaultServer(fault, expert))
 
 
 def client(srv, **kw):

@@ -109,19 +109,8 @@ class FlakyHandler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def flaky():
-    servers = []
-
-    def start(spoil):
-        srv = FlakyServer(spoil)
-        threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
-        servers.append(srv)
-        return srv
-
-    yield start
-    for srv in servers:
-        srv.shutdown()
-        srv.server_close()
+def flaky(background_server):
+    return lambda spoil: background_server(FlakyServer(spoil))
 
 
 @pytest.fixture(scope="module")
