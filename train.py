@@ -408,7 +408,7 @@ def train(cfg: Config, actor_llm=None, make_env=None):
     names = env_names(cfg)
     make_env = make_env or (lambda name, split: env_factory(cfg, name, split))
     factories = {name: make_env(name, "train") for name in names}
-    n_train = {name: len(factories[name]()) for name in names}
+    n_train = {name: min(len(factories[name]()), envs.VAL_FIRST) for name in names}  # real data: val unseen
     examples = {name: few_shot_examples(name, cfg.n_examples) if cfg.n_examples else () for name in names}
     actor_llm = actor_llm if actor_llm is not None else build_actor(cfg, device)
     retrospector = Retrospector.load(cfg, device)

@@ -278,6 +278,32 @@ def test_tiny_end_to_end_run(tmp_path, retro_path):
         train(cfg, actor_llm=ScriptedActor())
 
 
+class HugeTrainSplit:
+    """A train split of 10 * VAL_FIRST tasks, as a real data set has (HotPotQA's 90k questions):
+    task i plays the generated task i % n."""
+
+    def __init__(self):
+        self.base = envs.make("hotpotqa", "train", seed=0)
+        self.name, self.max_steps = self.base.name, self.base.max_steps
+
+    def __len__(self):
+        return 10 * envs.VAL_FIRST
+
+    def reset(self, i):
+        return self.base.reset(i % len(self.base))
+
+    def step(self, action):
+        return self.base.step(action)
+
+
+def test_ppo_tasks_stay_before_the_val_slice_of_a_big_train_split(tmp_path, retro_path):
+    cfg = tiny_config(tmp_path, retro_path, tasks_per_env=12)
+    train(cfg, actor_llm=ScriptedActor(), make_env=lambda name, split: HugeTrainSplit)
+    lines = (tmp_path / "run" / "episodes.jsonl").read_text().splitlines()
+    tasks = {json.loads(x)["task"] for x in lines}
+    assert len(tasks) == 12 and max(tasks) < envs.VAL_FIRST  # drawn from 30,000 ids, all before VAL_FIRST
+
+
 def test_resume_after_crash_gives_the_same_adapters(tmp_path, retro_path):
     whole = train(tiny_config(tmp_path / "a", retro_path, updates=2), actor_llm=ScriptedActor())
     cfg = tiny_config(tmp_path / "b", retro_path, updates=1)
