@@ -4,11 +4,13 @@
 (worlds/: one module per benchmark), which keeps its benchmark's interface, action language and scoring
 and is generated from the seed, so that a run needs no download. HotPotQA can also read real data:
 the official distractor-setting JSON or the live MediaWiki API; their adapters are at the end of
-this file.
+this file. ALFWorld can play the real games (source="alfworld": worlds/alfworld_real.py, an optional
+extra).
 """
 
 import copy
 import functools
+import hashlib
 import json
 import random
 from typing import Protocol
@@ -17,6 +19,7 @@ import requests
 
 from infra import http
 from worlds.alfworld import ALFWorldEnv
+from worlds.alfworld_real import RealALFWorldEnv  # needs the alfworld package only when it is built
 from worlds.hotpotqa import HotpotQAEnv
 from worlds.hotpotqa_world import QATask
 from worlds.webshop import WebShopEnv
@@ -68,7 +71,8 @@ def make(name: str, split: str = "train", seed: int = 0, **options) -> Env:
     """Build environment `name` ('hotpotqa', 'alfworld' or 'webshop') on the `split` tasks.
 
     `options` are the env class's (see its docstring); HotPotQA also takes the real-data options of
-    `hotpotqa_options`.
+    `hotpotqa_options`; ALFWorld with source="alfworld" is RealALFWorldEnv's (data=PATH, the games of
+    alfworld-download).
     """
     if split not in ("train", "test"):
         raise ValueError(f"unknown split {split!r}: expected 'train' or 'test'")
@@ -76,6 +80,8 @@ def make(name: str, split: str = "train", seed: int = 0, **options) -> Env:
         raise ValueError(f"unknown environment {name!r}: expected one of {sorted(_WORLDS)}")
     if name == "hotpotqa":
         options = hotpotqa_options(**options)
+    if name == "alfworld" and options.get("source") is not None:
+        return RealALFWorldEnv(split=split, seed=seed, **options)
     return _WORLDS[name](split=split, seed=seed, **options)
 
 
@@ -119,6 +125,18 @@ def task_ids(split: str, n_env: int, n: int) -> list[int]:
                          f"VAL_FIRST={VAL_FIRST} on (a data file too small for a validation slice?); "
                          "use eval_split=test")
     return list(range(VAL_FIRST, n_env))
+
+
+def tasks_sha256(env, ids) -> str:
+    """sha256 of the tasks `ids` of `env`, printed and recorded by eval.py so that two users can see
+    that they ran the same tasks: the env's own task_list_sha256 (the real ALFWorld hashes its game
+    files), else the hash of the tasks' instructions and first observations."""
+    if hasattr(env, "task_list_sha256"):
+        return env.task_list_sha256(ids)
+    h = hashlib.sha256()
+    for i in ids:
+        h.update(env.reset(i).encode() + b"\0")
+    return h.hexdigest()
 
 
 # --- HotPotQA's real data: the distractor-setting JSON and the MediaWiki API ---

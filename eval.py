@@ -59,8 +59,7 @@ def evaluate(cfg: train.Config, actor_llm, retrospector, make_env=None, log_path
     device = next(retrospector.model.parameters()).device if retrospector is not None else "cpu"
     results = {}
     for name in train.env_names(cfg):
-        factory = make_env(name, cfg.eval_split)
-        tasks = envs.task_ids(cfg.eval_split, len(factory()), cfg.eval_tasks)
+        factory, tasks = eval_tasks(cfg, name, make_env)
         examples = few_shot_examples(name, cfg.n_examples) if cfg.n_examples else ()
         curves = {m: [] for m in methods}  # method -> per seed, success fraction by trial
         voids = {m: 0 for m in methods}
@@ -94,6 +93,22 @@ def evaluate(cfg: train.Config, actor_llm, retrospector, make_env=None, log_path
                 "n_tasks": len(tasks), "seeds": seeds, "n_void": voids[m],
             }  # fmt: skip
     return results
+
+
+def eval_tasks(cfg, name: str, make_env):
+    """(factory of env `name` on cfg.eval_split, the task ids evaluated there)."""
+    factory = make_env(name, cfg.eval_split)
+    return factory, envs.task_ids(cfg.eval_split, len(factory()), cfg.eval_tasks)
+
+
+def task_lists(cfg, make_env=None) -> dict:
+    """{env: {"split", "n", "sha256"}}: which tasks the evaluation runs, hashed (envs.tasks_sha256)."""
+    make_env = make_env or (lambda name, split: train.env_factory(cfg, name, split))
+    out = {}
+    for name in train.env_names(cfg):
+        factory, tasks = eval_tasks(cfg, name, make_env)
+        out[name] = {"split": cfg.eval_split, "n": len(tasks), "sha256": envs.tasks_sha256(factory(), tasks)}
+    return out
 
 
 def retries(cfg, name, seed, method, factory, tasks, first, actor_llm, retrospector, examples, log_path,
@@ -200,11 +215,15 @@ def main(argv=None):
         load_lora(retrospector.model, adapters)  # applies the adapters with the file's rank and targets
     os.makedirs(cfg.out_dir, exist_ok=True)
     config = {k: v for k, v in vars(cfg).items() if k != "resume"}  # what ran, not how it was started
-    header = {"config": config, "adapters_sha256": sha256(adapters) if "retroformer" in methods else None}
+    tasks = task_lists(cfg)
+    for name, t in tasks.items():
+        print(f"{name}: {t['n']} {t['split']} tasks, sha256 {t['sha256']}")
+    header = {"config": config, "adapters_sha256": sha256(adapters) if "retroformer" in methods else None,
+              "tasks": tasks}  # fmt: skip
     progress = runstate.EvalProgress(cfg.out_dir, header, cfg.resume, ignore=("progress", "threads"))
     results = evaluate(cfg, actor_llm, retrospector, progress=progress)
     path = os.path.join(cfg.out_dir, "eval.json")
-    runstate.atomic(lambda p: write_json({"config": config, "results": results}, p), path)
+    runstate.atomic(lambda p: write_json({"config": config, "tasks": tasks, "results": results}, p), path)
     print(markdown_table(results))
     print(f"wrote {path}")
     svg = os.path.join(cfg.out_dir, "eval.svg")

@@ -120,6 +120,8 @@ class EvalProgress:
         diff = [f"{k} (was {was.get(k)!r}, now {now.get(k)!r})" for k in diff]
         if header_was.get("adapters_sha256") != header.get("adapters_sha256"):
             diff.append("adapters.pt (its contents changed since)")
+        if "tasks" in header_was and header_was["tasks"] != header.get("tasks"):  # older files lack it
+            diff.append(f"the tasks (was {header_was['tasks']}, now {header.get('tasks')})")
         if diff:
             raise SystemExit(f"error: --resume: the interrupted evaluation in {self.path} ran with another "
                              f"setting: {', '.join(diff)}. Resume with the same config, or delete the file "

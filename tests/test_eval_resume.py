@@ -98,7 +98,7 @@ def test_killed_twice_then_resumed_equals_an_uninterrupted_run(trained, actor):
         assert read(os.path.join(out_dir, f), sort=f.endswith(".jsonl")) == reference[f], f
 
 
-def test_a_fresh_start_over_an_interrupted_evaluation_or_a_changed_resume_is_refused(trained, tmp_path):
+def test_a_fresh_start_over_an_interrupted_evaluation_or_a_changed_resume_is_refused(trained, capsys):
     out_dir, retro_path = trained
     args = eval_args(out_dir, retro_path, "explorer") + ["--eval_seeds=0", "--eval_tasks=4"]
     progress = os.path.join(out_dir, "eval_progress.jsonl")
@@ -114,7 +114,21 @@ def test_a_fresh_start_over_an_interrupted_evaluation_or_a_changed_resume_is_ref
         ev.main(args)
     with pytest.raises(SystemExit, match=r"ran with another setting: eval_tasks \(was 4, now 3\)"):
         ev.main(args + ["--eval_tasks=3", "--resume"])
+    changed = json.loads(json.dumps(records[0]))  # the same config over other task data (a new download)
+    assert changed["tasks"]["hotpotqa"]["n"] == 4 and len(changed["tasks"]["hotpotqa"]["sha256"]) == 64
+    changed["tasks"]["hotpotqa"]["sha256"] = "0" * 64
+    with open(progress, "w") as f:
+        f.write(json.dumps(changed) + "\n" + json.dumps(records[1]) + "\n")
+    with pytest.raises(SystemExit, match=r"ran with another setting: the tasks \(was"):
+        ev.main(args + ["--resume"])
+    with open(progress, "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in records[:2]))
     ev.main(args + ["--resume", "--progress=true"])  # tqdm on or off: the same evaluation
     with open(progress) as f:
         assert json.loads(f.readlines()[-1]) == {"finished": True}
+    capsys.readouterr()
     ev.main(args)  # a finished evaluation may be started over
+    t = records[0]["tasks"]["hotpotqa"]
+    assert f"hotpotqa: 4 {t['split']} tasks, sha256 {t['sha256']}" in capsys.readouterr().out
+    with open(os.path.join(out_dir, "eval.json")) as f:
+        assert json.load(f)["tasks"] == records[0]["tasks"]  # the hash the eval printed, recorded
