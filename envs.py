@@ -5,7 +5,7 @@
 and is generated from the seed, so that a run needs no download. HotPotQA can also read real data:
 the official distractor-setting JSON or the live MediaWiki API; their adapters are at the end of
 this file. ALFWorld can play the real games (source="alfworld": worlds/alfworld_real.py, an optional
-extra).
+extra), WebShop a running WebShop site (source=URL: worlds/webshop_real.py).
 """
 
 import copy
@@ -23,6 +23,7 @@ from worlds.alfworld_real import RealALFWorldEnv  # needs the alfworld package o
 from worlds.hotpotqa import HotpotQAEnv
 from worlds.hotpotqa_world import QATask
 from worlds.webshop import WebShopEnv
+from worlds.webshop_real import RealWebShopEnv
 
 
 class Env(Protocol):
@@ -72,7 +73,7 @@ def make(name: str, split: str = "train", seed: int = 0, **options) -> Env:
 
     `options` are the env class's (see its docstring); HotPotQA also takes the real-data options of
     `hotpotqa_options`; ALFWorld with source="alfworld" is RealALFWorldEnv's (data=PATH, the games of
-    alfworld-download).
+    alfworld-download); WebShop with source=URL is RealWebShopEnv's.
     """
     if split not in ("train", "test"):
         raise ValueError(f"unknown split {split!r}: expected 'train' or 'test'")
@@ -82,6 +83,8 @@ def make(name: str, split: str = "train", seed: int = 0, **options) -> Env:
         options = hotpotqa_options(**options)
     if name == "alfworld" and options.get("source") is not None:
         return RealALFWorldEnv(split=split, seed=seed, **options)
+    if name == "webshop" and options.get("source") is not None:
+        return RealWebShopEnv(split=split, seed=seed, **options)
     return _WORLDS[name](split=split, seed=seed, **options)
 
 
