@@ -11,6 +11,7 @@ import urllib.parse
 
 import pytest
 
+import actor
 import envs
 import eval as evaluation
 import train
@@ -99,6 +100,7 @@ class Site(http.server.ThreadingHTTPServer):
     def __init__(self):
         super().__init__(("127.0.0.1", 0), Handler)
         self.paths, self.sessions, self.bought, self.fail = [], set(), [], []  # fail: statuses to send first
+        self.broken = None  # a route that always answers 500
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
 
 
@@ -116,6 +118,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if route == "index":
             srv.sessions.add(sid)
             return self.reply(200, search_page(sid))
+        if route == srv.broken:
+            return self.reply(500, "<html>Internal Server Error</html>")
         if sid not in srv.sessions:  # the site reads the goal of a session its index page made
             return self.reply(500, "<html>KeyError</html>")
         if route == "search_results":
@@ -242,3 +246,11 @@ def test_eval_records_the_goal_list_of_the_site(site):
                        env_options=json.dumps({"webshop": {"source": site.url}}))
     lists = evaluation.task_lists(cfg)
     assert lists["webshop"]["n"] == 2 and lists["webshop"]["sha256"] == envs.tasks_sha256(make(site), [0, 1])
+
+
+def test_an_episode_on_a_page_that_keeps_failing_is_void_naming_the_url(site):
+    llm = type("Searcher", (), {"complete": lambda self, ps, *a, **k: [" Look.\nAction: search[clip]"] * len(ps)})()
+    factory = envs.factory("webshop", "test", source=site.url, retries=1, backoff=0.01)
+    site.broken = "search_results"
+    (traj,) = actor.run_trials(factory, [0], llm, concurrency=1, strict=False)
+    assert f"WebShop {site.url}/search_results/fixed_0/clip/1" in traj.error and not traj.success
