@@ -80,6 +80,8 @@ def data(tmp_path):
 def test_a_game_is_played_on_the_engine_and_won_with_the_old_put_words(data):
     env = envs.make("alfworld", "test", source="alfworld", data=data)
     assert len(env) == 2 and env.max_steps == 50
+    with pytest.raises(RuntimeError, match=r"call reset\(i\) before step"):
+        env.step("look")
     first = env.reset(1)
     assert "Welcome to TextWorld" not in first  # Reflexion cuts the banner
     assert first.startswith("You are in the middle of a room. Looking quickly around you, you see a "

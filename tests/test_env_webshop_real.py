@@ -156,6 +156,8 @@ def make(site, split="test", **kw):
 
 def test_an_episode_reads_the_pages_as_react_did_and_buys_at_a_score_of_one(site):
     env = make(site)
+    with pytest.raises(RuntimeError, match=r"call reset\(i\) before step"):
+        env.step("search[clip]")
     first = env.reset(3)
     assert first == f"\nWebShop \nInstruction: \n{goal_of('fixed_3')} \n[Search] "
     obs, reward, done, _ = env.step("search[hair clip natural black]")

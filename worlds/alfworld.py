@@ -7,7 +7,7 @@ import random
 import re
 import zlib
 
-from worlds.episodes import episode_steps
+from worlds.episodes import check_step, episode_steps
 
 _ROOMS = {  # receptacle type:min-max count; "*" = openable, starts closed
     "kitchen": "cabinet*:4-9 coffeemachine:1 countertop:1-3 diningtable:0-1 drawer*:3-6 fridge*:1 "
@@ -343,12 +343,7 @@ class ALFWorldEnv:
         return n >= (2 if kind == "two" else 1)
 
     def step(self, action):
-        if self._task is None:
-            raise RuntimeError("call reset(i) before step()")
-        if self._done:
-            raise RuntimeError("the episode is over (done=True): call reset(i) to start a new one")
-        if not isinstance(action, str):
-            raise TypeError(f"action must be a str, got {type(action).__name__}")
+        check_step(self._task is not None, self._task is not None and self._done, action)
         self._steps += 1
         self._new_subgoal = False
         obs = self._act(" ".join(action.lower().split()).strip(">. "))

@@ -24,6 +24,8 @@ import os
 import re
 import threading
 
+from worlds.episodes import check_step
+
 ALFWORLD_VERSION = "0.4.2"  # requirements-alfworld.txt pins it; its games use the "move X to Y" grammar
 SPLITS = {"train": "json_2.1.1/train", "test": "json_2.1.1/valid_unseen"}
 TASK_TYPES = ("pick_and_place_simple", "look_at_obj_in_light", "pick_clean_then_place_in_recep",
@@ -108,10 +110,11 @@ class RealALFWorldEnv:
         self.data, self.split, self.max_steps = os.path.abspath(os.path.expanduser(data)), split, max_steps
         self.games = collect_games(self.data, split)[:n_tasks]  # seed: the games are fixed, not drawn
         self._game = self._engine = None
+        self._done = False
 
     def __copy__(self):  # copies share the game list, never an engine (a copy runs its own episodes)
         new = object.__new__(type(self))
-        new.__dict__.update(self.__dict__, _game=None, _engine=None)
+        new.__dict__.update(self.__dict__, _game=None, _engine=None, _done=False)
         return new
 
     def __deepcopy__(self, memo):
@@ -155,12 +158,7 @@ class RealALFWorldEnv:
         return "\n".join(state["feedback"].strip().split("\n\n")[1:])
 
     def step(self, action):
-        if self._game is None:
-            raise RuntimeError("call reset(i) before step()")
-        if self._done:
-            raise RuntimeError("the episode is over (done=True): call reset(i) to start a new one")
-        if not isinstance(action, str):
-            raise TypeError(f"action must be a str, got {type(action).__name__}")
+        check_step(self._game is not None, self._done, action)
         self._steps += 1
         action = " ".join(action.strip().split()).rstrip(".")
         won = False

@@ -15,6 +15,16 @@ def episode_steps(trajectory) -> list[tuple[str, str, str]]:
     return steps
 
 
+def check_step(started: bool, done: bool, action) -> None:
+    """The errors of a step() called out of turn or with a non-string action."""
+    if not started:
+        raise RuntimeError("call reset(i) before step()")
+    if done:
+        raise RuntimeError("the episode is over (done=True): call reset(i) to start a new one")
+    if not isinstance(action, str):
+        raise TypeError(f"action must be a str, got {type(action).__name__}")
+
+
 def render_trajectory(header: str, trajectory) -> str:
     """ReAct-style text of an episode: steps are (thought, action, obs), (action, obs) or dicts."""
     lines = [header]

@@ -21,6 +21,7 @@ import urllib.parse
 import requests
 
 from infra import http
+from worlds.episodes import check_step
 
 SPLITS = {"test": (0, 500), "train": (1500, 12087)}  # goal ids; 12,087 human goals on the full data
 BUTTONS = ("Back to Search", "< Prev", "Next >", "Buy Now", "Description", "Features", "Reviews",
@@ -105,7 +106,7 @@ class RealWebShopEnv:
             timeout, retries, backoff  # fmt: skip
         self.goals = list(range(first, end if n_tasks is None else min(end, first + n_tasks)))
         self.check()
-        self._session = None
+        self._session, self._done = None, False
 
     def __len__(self):
         return len(self.goals)
@@ -126,12 +127,7 @@ class RealWebShopEnv:
         return obs
 
     def step(self, action):
-        if self._session is None:
-            raise RuntimeError("call reset(i) before step()")
-        if self._done:
-            raise RuntimeError("the episode is over (done=True): call reset(i) to start a new one")
-        if not isinstance(action, str):
-            raise TypeError(f"action must be a str, got {type(action).__name__}")
+        check_step(self._session is not None, self._done, action)
         self._steps += 1
         action, reward = action.strip(), 0.0
         if action.startswith("think[") and action.endswith("]"):
