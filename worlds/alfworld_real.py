@@ -121,7 +121,8 @@ class RealALFWorldEnv:
         return self.__copy__()
 
     def __del__(self):
-        self._give_back()
+        if _FREE_ENGINES is not None:  # None at interpreter shutdown, when the pool is gone already
+            self._give_back()
 
     def _give_back(self):
         if getattr(self, "_engine", None) is not None:
