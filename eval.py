@@ -41,10 +41,12 @@ from worlds.scripted import few_shot_examples
 METHODS = ("react", "reflexion", "retroformer")
 
 
-def evaluate(cfg: train.Config, actor_llm, retrospector, make_env=None, log_path=None, progress=None) -> dict:
+def evaluate(cfg: train.Config, actor_llm, retrospector, make_env=None, log_path=None, progress=None,
+             sets=None) -> dict:  # fmt: skip
     """{"<env>": {"<method>": {"success_by_trial", "ci95_by_trial", "n_tasks", "seeds", "n_void"}}}.
     progress: an infra.runstate.EvalProgress; its finished (env, seed, method) blocks are not run again,
-    and each block run is recorded there once its episodes are in its log (which replaces log_path)."""
+    and each block run is recorded there once its episodes are in its log (which replaces log_path).
+    sets: eval_sets(cfg, make_env) when the caller has built them already (main() hashes them first)."""
     cfg = dataclasses.replace(cfg, max_trials=cfg.eval_trials)  # train.rollout() runs max_trials trials
     methods = [m.strip() for m in cfg.eval_methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
@@ -53,13 +55,12 @@ def evaluate(cfg: train.Config, actor_llm, retrospector, make_env=None, log_path
     seeds = [int(s) for s in cfg.eval_seeds.split(",") if s.strip()]
     if not seeds:
         raise ValueError("config key 'eval_seeds' is empty: give e.g. 0,1,2")
-    make_env = make_env or (lambda name, split: train.env_factory(cfg, name, split))
+    sets = sets or eval_sets(cfg, make_env)
     done = progress.done if progress else {}  # (env, seed, method) -> {"solved", "n", "void"}
     log = progress.log_path if progress else log_path
     device = next(retrospector.model.parameters()).device if retrospector is not None else "cpu"
     results = {}
-    for name in train.env_names(cfg):
-        factory, tasks = eval_tasks(cfg, name, make_env)
+    for name, (factory, tasks) in sets.items():
         examples = few_shot_examples(name, cfg.n_examples) if cfg.n_examples else ()
         curves = {m: [] for m in methods}  # method -> per seed, success fraction by trial
         voids = {m: 0 for m in methods}
@@ -95,20 +96,22 @@ def evaluate(cfg: train.Config, actor_llm, retrospector, make_env=None, log_path
     return results
 
 
-def eval_tasks(cfg, name: str, make_env):
-    """(factory of env `name` on cfg.eval_split, the task ids evaluated there)."""
-    factory = make_env(name, cfg.eval_split)
-    return factory, envs.task_ids(cfg.eval_split, len(factory()), cfg.eval_tasks)
-
-
-def task_lists(cfg, make_env=None) -> dict:
-    """{env: {"split", "n", "sha256"}}: which tasks the evaluation runs, hashed (envs.tasks_sha256)."""
+def eval_sets(cfg, make_env=None) -> dict:
+    """{env: (factory of the env on cfg.eval_split, the task ids evaluated there)}, built once per run:
+    a real env's construction talks to its engine or server (make_env: (name, split) -> factory)."""
     make_env = make_env or (lambda name, split: train.env_factory(cfg, name, split))
     out = {}
     for name in train.env_names(cfg):
-        factory, tasks = eval_tasks(cfg, name, make_env)
-        out[name] = {"split": cfg.eval_split, "n": len(tasks), "sha256": envs.tasks_sha256(factory(), tasks)}
+        factory = make_env(name, cfg.eval_split)
+        out[name] = factory, envs.task_ids(cfg.eval_split, len(factory()), cfg.eval_tasks)
     return out
+
+
+def task_lists(cfg, sets=None) -> dict:
+    """{env: {"split", "n", "sha256"}}: which tasks the evaluation runs, hashed (envs.tasks_sha256)."""
+    sets = sets or eval_sets(cfg)
+    return {name: {"split": cfg.eval_split, "n": len(tasks), "sha256": envs.tasks_sha256(factory(), tasks)}
+            for name, (factory, tasks) in sets.items()}  # fmt: skip
 
 
 def retries(cfg, name, seed, method, factory, tasks, first, actor_llm, retrospector, examples, log_path,
@@ -215,13 +218,14 @@ def main(argv=None):
         load_lora(retrospector.model, adapters)  # applies the adapters with the file's rank and targets
     os.makedirs(cfg.out_dir, exist_ok=True)
     config = {k: v for k, v in vars(cfg).items() if k != "resume"}  # what ran, not how it was started
-    tasks = task_lists(cfg)
+    sets = eval_sets(cfg)
+    tasks = task_lists(cfg, sets)
     for name, t in tasks.items():
         print(f"{name}: {t['n']} {t['split']} tasks, sha256 {t['sha256']}")
     header = {"config": config, "adapters_sha256": sha256(adapters) if "retroformer" in methods else None,
               "tasks": tasks}  # fmt: skip
     progress = runstate.EvalProgress(cfg.out_dir, header, cfg.resume, ignore=("progress", "threads"))
-    results = evaluate(cfg, actor_llm, retrospector, progress=progress)
+    results = evaluate(cfg, actor_llm, retrospector, progress=progress, sets=sets)
     path = os.path.join(cfg.out_dir, "eval.json")
     runstate.atomic(lambda p: write_json({"config": config, "tasks": tasks, "results": results}, p), path)
     print(markdown_table(results))

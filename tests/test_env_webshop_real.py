@@ -250,6 +250,25 @@ def test_eval_records_the_goal_list_of_the_site(site):
     assert lists["webshop"]["n"] == 2 and lists["webshop"]["sha256"] == envs.tasks_sha256(make(site), [0, 1])
 
 
+def test_eval_main_runs_the_site_building_the_env_once(site, tmp_path, monkeypatch):
+    """eval.py end to end on the site: the goal list is hashed and run from one construction of the env
+    (each construction checks the start page of goal 0; before, evaluate() built it a second time)."""
+    llm = type("Buyer", (), {"complete": lambda self, ps, *a, **k: [" Look.\nAction: search[clip]"] * len(ps)})()
+    monkeypatch.setattr(train, "build_actor", lambda cfg, device: llm)
+    monkeypatch.setattr(train, "ensure_checkpoints", lambda cfg: None)
+    options = json.dumps({"webshop": {"source": site.url, "retries": 1, "backoff": 0.01}})
+    evaluation.main([f"--out_dir={tmp_path}", "--envs=webshop", f"--env_options={options}", "--eval_split=test",
+                     "--eval_tasks=2", "--eval_seeds=0", "--eval_trials=1", "--eval_methods=react",
+                     "--concurrency=1", "--n_examples=0", "--progress=False"])  # fmt: skip
+    start = lambda k: sum(p == [f"fixed_{k}"] for p in site.paths)  # noqa: E731 (GETs of goal k's start page)
+    # fixed_1: read once for the hash, once by its episode. fixed_0 besides: the option check of
+    # envs.factory, len() of the task list, the env hashed, the episodes' env (one: concurrency 1)
+    assert (start(1), start(0)) == (2, 2 + 4)
+    out = json.loads((tmp_path / "eval.json").read_text())
+    assert out["tasks"]["webshop"] == {"split": "test", "n": 2, "sha256": envs.tasks_sha256(make(site), [0, 1])}
+    assert out["results"]["webshop"]["react"]["n_tasks"] == 2
+
+
 def test_an_episode_on_a_page_that_keeps_failing_is_void_naming_the_url(site):
     llm = type("Searcher", (), {"complete": lambda self, ps, *a, **k: [" Look.\nAction: search[clip]"] * len(ps)})()
     factory = envs.factory("webshop", "test", source=site.url, retries=1, backoff=0.01)
