@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import random
+import re
 from typing import Protocol
 
 import requests
@@ -140,6 +141,54 @@ def tasks_sha256(env, ids) -> str:
     for i in ids:
         h.update(env.reset(i).encode() + b"\0")
     return h.hexdigest()
+
+
+
+# a plan's keys: an action with its argument (Search[X], click[Buy Now]), a product id with the verb
+# that decides it (open B0.., not B0..), a numbered place not part of a price (drawer 2, cabinet 1-4),
+# a look-alike warning (Use a mug, not a cup)
+_PLAN_KEYS = re.compile(r"\w+\[[^\]]*\]|(?:\b(?:open|not) )?\bB0[A-Z0-9]{8}\b"
+                        r"|\b[a-z]+ \d+(?:-\d+)?(?![\d.])|\bUse an? \w+, not an? \w+")
+
+
+def plan_keys(plan: str) -> list[str]:
+    """The parts of an env's plan a reflection must state to carry it, in order (see _PLAN_KEYS)."""
+    return _PLAN_KEYS.findall(plan)
+
+
+def right_plan(env, trajectory, reflection: str) -> bool | None:
+    """Whether `reflection` states the plan the env reads off the failed `trajectory` (an
+    actor.Trajectory on the task env is on): every key of env.plan, verbatim but for case. None when the
+    env has no plans (real data) or its plan for this trajectory is None (nothing it can name to fix).
+    A learning signal for PPO's reflections that needs no reward model: the generated worlds know the
+    cause of each failure; it is logged, never trained on (the reward stays the change of return)."""
+    if not hasattr(env, "plan"):
+        return None
+    try:
+        plan = env.plan([s[:3] for s in trajectory.steps])
+    except NotImplementedError:  # HotPotQA on real data
+        return None
+    if plan is None:
+        return None
+    text, keys = " ".join(reflection.split()).lower(), plan_keys(plan) or [" ".join(plan.split())]
+    return all(k.lower() in text for k in keys)
+
+
+def right_plans(make_env, trajectories, reflections) -> list:
+    """right_plan of each (failed trajectory, reflection text or None) pair, on one env of make_env()
+    reset to each trajectory's task; None for the pairs without a reflection, or all when the env has
+    no plans (the real ALFWorld and WebShop: no env is reset, so no game is loaded, no page fetched)."""
+    if all(r is None for r in reflections):
+        return [None] * len(reflections)
+    env = make_env()
+    if not hasattr(env, "plan"):
+        return [None] * len(reflections)
+    out = []
+    for t, r in zip(trajectories, reflections, strict=True):
+        if r is not None:
+            env.reset(t.task)
+        out.append(None if r is None else right_plan(env, t, r))
+    return out
 
 
 # --- HotPotQA's real data: the distractor-setting JSON and the MediaWiki API ---

@@ -11,8 +11,10 @@ eval_trials - 1 retries of the tasks not yet solved:
     retroformer  reflections by the retrospector with the trained adapters (out_dir/adapters.pt)
 success_by_trial[k] = fraction of tasks solved in any of trials 0..k, averaged over seeds;
 ci95_by_trial[k] = 1.96 * sample std over seeds / sqrt(n_seeds) (a normal interval over seeds; null
-with one seed). Tasks whose episode failed in the backend are left out (n_void); more than
-max_void_share void episodes in a method's run stop the evaluation with a non-zero exit. Writes
+with one seed); right_plan_share = the share of the method's reflections that state the plan the env
+reads off the failed trial (envs.right_plan; generated worlds only, else null). Tasks whose episode
+failed in the backend are left out (n_void); more than max_void_share void episodes in a method's run
+stop the evaluation with a non-zero exit. Writes
 out_dir/eval.json, prints a markdown table and draws the curves in out_dir/eval.svg.
 Every trial is logged to out_dir/eval_episodes.jsonl with its seed and method ("shared": trial 0).
 --resume after a crash or a kill continues from out_dir/eval_progress.jsonl (infra/runstate.py): the
@@ -63,7 +65,7 @@ def evaluate(cfg: train.Config, actor_llm, retrospector, make_env=None, log_path
     for name, (factory, tasks) in sets.items():
         examples = few_shot_examples(name, cfg.n_examples) if cfg.n_examples else ()
         curves = {m: [] for m in methods}  # method -> per seed, success fraction by trial
-        voids = {m: 0 for m in methods}
+        voids, rights = {m: 0 for m in methods}, {m: [0, 0] for m in methods}
         for seed in seeds:
             first = None  # trial 0, shared by the methods: run once, or read back from the log on --resume
             if (name, seed, "shared") not in done:
@@ -84,6 +86,7 @@ def evaluate(cfg: train.Config, actor_llm, retrospector, make_env=None, log_path
                 b = done[(name, seed, m)]
                 curves[m].append([s / b["n"] if b["n"] else float("nan") for s in b["solved"]])
                 voids[m] += b["void"]
+                rights[m] = [x + y for x, y in zip(rights[m], b.get("right_plan", [0, 0]), strict=True)]
         results[name] = {}
         for m in methods:
             c = np.array(curves[m])  # (n_seeds, max_trials)
@@ -92,6 +95,7 @@ def evaluate(cfg: train.Config, actor_llm, retrospector, make_env=None, log_path
                 "success_by_trial": [_num(x) for x in c.mean(axis=0)],
                 "ci95_by_trial": [_num(x) for x in ci] if ci is not None else [None] * cfg.max_trials,
                 "n_tasks": len(tasks), "seeds": seeds, "n_void": voids[m],
+                "right_plan_share": _num(rights[m][0] / rights[m][1]) if rights[m][1] else None,
             }  # fmt: skip
     return results
 
@@ -117,16 +121,18 @@ def task_lists(cfg, sets=None) -> dict:
 def retries(cfg, name, seed, method, factory, tasks, first, actor_llm, retrospector, examples, log_path,
             device):  # fmt: skip
     """Trials 1.. of `method` on env `name` after the shared trial 0 `first` (with the seed's reseeded
-    actor and reflection sampler): {"solved": [tasks solved by trial k], "n": tasks, "void": tasks}."""
+    actor and reflection sampler): {"solved": [tasks solved by trial k], "n": tasks, "void": tasks,
+    "right_plan": [reflections the env judged to state the right plan, reflections it judged]}."""
     train.reseed_actor(actor_llm, train.derive_seed(seed, name, method, "actor"))
     gen = torch.Generator(device=device).manual_seed(train.derive_seed(seed, name, method, "reflect"))
-    _, history = train.rollout(factory, tasks, actor_llm, retrospector, cfg, method, examples, gen, log_path,
-                               tag={"seed": seed, "method": method}, first=first)  # fmt: skip
+    records, history = train.rollout(factory, tasks, actor_llm, retrospector, cfg, method, examples, gen,
+                                     log_path, tag={"seed": seed, "method": method}, first=first)  # fmt: skip
     trials = [t for ts in history.values() for t in ts]
     runlog.stop_if_void([([t.error for t in trials if t.error], len(trials))], cfg.max_void_share,
                         f"{name}, seed {seed}, {method}")  # fmt: skip
     solved, n, void = train.success_counts(history, cfg.max_trials)
-    return {"solved": solved, "n": n, "void": void}
+    judged = [r["right_plan"] for r in records if r["right_plan"] is not None]  # envs.right_plan
+    return {"solved": solved, "n": n, "void": void, "right_plan": [sum(judged), len(judged)]}
 
 
 def _num(x):

@@ -318,7 +318,8 @@ def rollout(make_env, tasks, actor_llm, retrospector, cfg: Config, method="retro
     first: trial-0 trajectories to start from (eval.py shares them between methods).
     Returns (records, history): one record per reflection with reward G_{k+1} - G_k (cfg.reward
     "success": the change of success; None when the retry failed in the backend: such episodes are
-    void, not task failures), and task -> trials.
+    void, not task failures), and task -> trials. A record's right_plan: whether the env judges that
+    the reflection states the right plan (envs.right_plan; None without one), a signal never trained on.
     Each record is appended to the JSON Lines file replay_path (with `tag`) as soon as it is made, and
     each trial to log_path (with `tag` too).
     """
@@ -346,14 +347,15 @@ def rollout(make_env, tasks, actor_llm, retrospector, cfg: Config, method="retro
             if r is not None:
                 memory[t.task].append(r.text)
         trajs = trials([t.task for t in failed], [memory[t.task] for t in failed], k)
-        for before, r, after in zip(failed, reflections, trajs, strict=True):
+        rights = envs.right_plans(make_env, failed, [r and r.text for r in reflections])  # logged only
+        for before, r, after, right in zip(failed, reflections, trajs, rights, strict=True):
             history[after.task].append(after)
             if r is None:
                 continue
             void = after.error is not None
             rec = dict(env=before.env, task=before.task, trial=before.trial, prompt=r.prompt,
                        reflection=r.text, reflection_ids=r.ids, logprobs=r.logprobs,
-                       finish_reason=r.finish_reason, return_before=before.ret,
+                       finish_reason=r.finish_reason, right_plan=right, return_before=before.ret,
                        return_after=None if void else after.ret, reward=None if void else gain(before, after),
                        error=after.error)  # fmt: skip
             if replay_path:

@@ -25,6 +25,13 @@ def stop_if_void(parts, max_share: float, where: str):
                          f"({k}x): {cause}")  # fmt: skip
 
 
+def right_plan_share(records):
+    """The share of `records` whose reflection the env judges to state the right plan (right_plan),
+    of those it could judge; None when it judged none (real data, or no reflections)."""
+    judged = [r["right_plan"] for r in records if r.get("right_plan") is not None]
+    return sum(judged) / len(judged) if judged else None
+
+
 def log_update(out_dir: str, update: int, scored, counts, metrics, rollout_s: float, update_s: float,
                actor_max_tokens: int):
     """One line of out_dir/metrics.jsonl, and a summary on the console. counts: {env: [n_tasks, n_void,
@@ -34,16 +41,21 @@ def log_update(out_dir: str, update: int, scored, counts, metrics, rollout_s: fl
            "reward_mean": float(np.mean([r["reward"] for r in scored])) if scored else None,
            "rollout_s": round(rollout_s, 2), "update_s": round(update_s, 2),
            "actor_truncated": actor_cut, "reflections_truncated": reflections_cut}  # fmt: skip
+    row["right_plan_share"] = right_plan_share(scored)
     for name, (n, void, *solved) in counts.items():
         row[f"{name}/success_by_trial"] = [s / max(n, 1) for s in solved]
         row[f"{name}/n_tasks"], row[f"{name}/n_void"] = n, void
+        # of the tasks trial 0 failed, the share a retry solved: what the reflections are for
+        row[f"{name}/retry_success"] = (solved[-1] - solved[0]) / (n - solved[0]) if n > solved[0] else None
+        row[f"{name}/right_plan_share"] = right_plan_share([r for r in scored if r["env"] == name])
     row.update(metrics)
     with open(os.path.join(out_dir, "metrics.jsonl"), "a") as f:
         f.write(json.dumps(row) + "\n")
     succ = " ".join(f"{k.split('/')[0]} {v[0]:.2f}->{v[-1]:.2f}" for k, v in row.items()
                     if k.endswith("success_by_trial"))  # fmt: skip
     rm = "-" if row["reward_mean"] is None else f"{row['reward_mean']:+.3f}"
-    tqdm.write(f"update {update}: {len(scored)} reflections, reward {rm}, success {succ}, "
+    rp = "" if row["right_plan_share"] is None else f", right plan {row['right_plan_share']:.2f}"
+    tqdm.write(f"update {update}: {len(scored)} reflections, reward {rm}{rp}, success {succ}, "
                f"kl {metrics.get('kl_ref', 0):.4f}")  # fmt: skip
     if actor_cut:
         tqdm.write(f"update {update}: {actor_cut} actor completions were cut at actor_max_tokens="

@@ -31,7 +31,8 @@ def check_schema(results, envs, max_trials, n_tasks, seeds):
     for env in envs:
         assert list(results[env]) == ["react", "reflexion", "retroformer"]
         for r in results[env].values():
-            assert set(r) == {"success_by_trial", "ci95_by_trial", "n_tasks", "seeds", "n_void"}
+            keys = {"success_by_trial", "ci95_by_trial", "n_tasks", "seeds", "n_void", "right_plan_share"}
+            assert set(r) == keys
             s, c = r["success_by_trial"], r["ci95_by_trial"]
             assert len(s) == len(c) == max_trials and r["n_tasks"] == n_tasks and r["seeds"] == seeds
             assert all(0 <= x <= 1 for x in s)
@@ -53,6 +54,9 @@ def test_evaluate_methods_on_a_scripted_actor(trained):
     assert r["react"]["success_by_trial"][0] == r["react"]["success_by_trial"][-1]
     assert r["reflexion"]["success_by_trial"][-1] == r["retroformer"]["success_by_trial"][-1] == 1.0
     assert r["react"]["ci95_by_trial"] == [0.0, 0.0, 0.0]  # deterministic: no spread over seeds
+    assert r["react"]["right_plan_share"] is None  # no reflections to judge
+    for m in ("reflexion", "retroformer"):  # the tiny retrospector's reflections: judged, if rarely right
+        assert 0.0 <= r[m]["right_plan_share"] <= 1.0
     table = ev.markdown_table(results)
     assert "| hotpotqa | retroformer | " in table and "trial 2" in table
 

@@ -207,6 +207,7 @@ def test_reward_is_change_of_return_and_void_episodes_are_excluded(tmp_path, ret
         assert r == (None if w is None else pytest.approx(w))
     void = records[3]
     assert void["error"] == "server down" and void["return_after"] is None
+    assert all(r["right_plan"] is None for r in records)  # FakeEnv has no plans to judge them by
     for r in records:  # PPO trains on the sampled tokens, ended by the stop token when it stopped
         assert r["prompt_ids"] == retro.encode(r["prompt"]) and 1 <= len(r["reflection_ids"]) <= 9
         assert r["reflection_ids"][: len(r["logprobs"])] == r["reflection_ids"][: len(r["logprobs"])]
