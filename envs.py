@@ -143,7 +143,6 @@ def tasks_sha256(env, ids) -> str:
     return h.hexdigest()
 
 
-
 # a plan's keys: an action with its argument (Search[X], click[Buy Now]), a product id with the verb
 # that decides it (open B0.., not B0..), a numbered place not part of a price (drawer 2, cabinet 1-4),
 # a look-alike warning (Use a mug, not a cup)

@@ -14,8 +14,8 @@ ci95_by_trial[k] = 1.96 * sample std over seeds / sqrt(n_seeds) (a normal interv
 with one seed); right_plan_share = the share of the method's reflections that state the plan the env
 reads off the failed trial (envs.right_plan; generated worlds only, else null). Tasks whose episode
 failed in the backend are left out (n_void); more than max_void_share void episodes in a method's run
-stop the evaluation with a non-zero exit. Writes
-out_dir/eval.json, prints a markdown table and draws the curves in out_dir/eval.svg.
+stop the evaluation with a non-zero exit. Writes out_dir/eval.json, prints a markdown table and draws
+the curves in out_dir/eval.svg.
 Every trial is logged to out_dir/eval_episodes.jsonl with its seed and method ("shared": trial 0).
 --resume after a crash or a kill continues from out_dir/eval_progress.jsonl (infra/runstate.py): the
 (env, seed, method) blocks that finished are not run again, and eval.json equals an uninterrupted run's.
@@ -45,7 +45,8 @@ METHODS = ("react", "reflexion", "retroformer")
 
 def evaluate(cfg: train.Config, actor_llm, retrospector, make_env=None, log_path=None, progress=None,
              sets=None) -> dict:  # fmt: skip
-    """{"<env>": {"<method>": {"success_by_trial", "ci95_by_trial", "n_tasks", "seeds", "n_void"}}}.
+    """{"<env>": {"<method>": {"success_by_trial", "ci95_by_trial", "n_tasks", "seeds", "n_void",
+    "right_plan_share"}}}.
     progress: an infra.runstate.EvalProgress; its finished (env, seed, method) blocks are not run again,
     and each block run is recorded there once its episodes are in its log (which replaces log_path).
     sets: eval_sets(cfg, make_env) when the caller has built them already (main() hashes them first)."""
@@ -58,7 +59,7 @@ def evaluate(cfg: train.Config, actor_llm, retrospector, make_env=None, log_path
     if not seeds:
         raise ValueError("config key 'eval_seeds' is empty: give e.g. 0,1,2")
     sets = sets or eval_sets(cfg, make_env)
-    done = progress.done if progress else {}  # (env, seed, method) -> {"solved", "n", "void"}
+    done = progress.done if progress else {}  # (env, seed, method) -> {"solved", "n", "void", "right_plan"}
     log = progress.log_path if progress else log_path
     device = next(retrospector.model.parameters()).device if retrospector is not None else "cpu"
     results = {}
