@@ -318,10 +318,8 @@ def rollout(make_env, tasks, actor_llm, retrospector, cfg: Config, method="retro
     first: trial-0 trajectories to start from (eval.py shares them between methods).
     Returns (records, history): one record per reflection with reward G_{k+1} - G_k (cfg.reward
     "success": the change of success; None when the retry failed in the backend: such episodes are
-    void, not task failures), and task -> trials. A record's right_plan: whether the env judges that
-    the reflection states the right plan (envs.right_plan; None without one), a signal never trained on.
-    Each record is appended to the JSON Lines file replay_path (with `tag`) as soon as it is made, and
-    each trial to log_path (with `tag` too).
+    void, not task failures), and task -> trials; right_plan: envs.right_plan, logged, not trained on.
+    Each record is appended to replay_path (JSON Lines, with `tag`) when made, each trial to log_path.
     """
     if method not in ("react", "reflexion", "retroformer"):
         raise ValueError(f"rollout: unknown method {method!r}: expected react, reflexion or retroformer")
