@@ -216,7 +216,7 @@ class ALFWorldEnv:
                 split == "test"
             ):
                 self.tasks.append(world)
-        self._task = None
+        self._task, self._done = None, False
 
     def __len__(self):
         return len(self.tasks)
@@ -343,7 +343,7 @@ class ALFWorldEnv:
         return n >= (2 if kind == "two" else 1)
 
     def step(self, action):
-        check_step(self._task is not None, self._task is not None and self._done, action)
+        check_step(self._task is not None, self._done, action)
         self._steps += 1
         self._new_subgoal = False
         obs = self._act(" ".join(action.lower().split()).strip(">. "))
