@@ -184,9 +184,11 @@ def right_plans(make_env, trajectories, reflections) -> list:
         return [None] * len(reflections)
     out = []
     for t, r in zip(trajectories, reflections, strict=True):
-        if r is not None:
+        if r is None:
+            out.append(None)
+        else:
             env.reset(t.task)
-        out.append(None if r is None else right_plan(env, t, r))
+            out.append(right_plan(env, t, r))
     return out
 
 

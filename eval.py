@@ -156,9 +156,10 @@ COLORS = {"react": "#7f7f7f", "reflexion": "#1f77b4", "retroformer": "#d62728"}
 W, H, L, R, T, B = 320, 250, 52, 14, 30, 42  # one panel: size, then its margins around the axes box
 
 
-def _line(x1, y1, x2, y2, color, width=1.0):
+def _line(x1, y1, x2, y2, color, width=1.0, dash=None):
     xy = f'x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}"'
-    return f'<line {xy} stroke="{color}" stroke-width="{width}"/>'
+    dashed = f' stroke-dasharray="{dash}"' if dash else ""
+    return f'<line {xy} stroke="{color}" stroke-width="{width}"{dashed}/>'
 
 
 def _circle(x, y, color):

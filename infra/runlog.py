@@ -32,6 +32,13 @@ def right_plan_share(records):
     return sum(judged) / len(judged) if judged else None
 
 
+def retry_success(success_by_trial):
+    """Of the tasks trial 0 failed, the share solved by the last trial (success_by_trial: fractions);
+    None when trial 0 solved them all or a fraction is missing."""
+    s = success_by_trial
+    return (s[-1] - s[0]) / (1 - s[0]) if s and None not in (s[0], s[-1]) and s[0] < 1 else None
+
+
 def log_update(out_dir: str, update: int, scored, counts, metrics, rollout_s: float, update_s: float,
                actor_max_tokens: int):
     """One line of out_dir/metrics.jsonl, and a summary on the console. counts: {env: [n_tasks, n_void,
@@ -45,8 +52,8 @@ def log_update(out_dir: str, update: int, scored, counts, metrics, rollout_s: fl
     for name, (n, void, *solved) in counts.items():
         row[f"{name}/success_by_trial"] = [s / max(n, 1) for s in solved]
         row[f"{name}/n_tasks"], row[f"{name}/n_void"] = n, void
-        # of the tasks trial 0 failed, the share a retry solved: what the reflections are for
-        row[f"{name}/retry_success"] = (solved[-1] - solved[0]) / (n - solved[0]) if n > solved[0] else None
+        # what the reflections are for; None when every task was void (n = 0)
+        row[f"{name}/retry_success"] = retry_success(row[f"{name}/success_by_trial"]) if n else None
         row[f"{name}/right_plan_share"] = right_plan_share([r for r in scored if r["env"] == name])
     row.update(metrics)
     with open(os.path.join(out_dir, "metrics.jsonl"), "a") as f:

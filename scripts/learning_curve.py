@@ -18,6 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from eval import B, H, L, R, T, W, _circle, _line, _text  # noqa: E402 (eval.py's SVG pieces)
+from infra.runlog import retry_success  # noqa: E402
 
 ENV_COLORS = {"hotpotqa": "#1f77b4", "alfworld": "#2ca02c", "webshop": "#ff7f0e", "all": "#000000"}
 PANELS = (("right_plan_share", "right-plan share"), ("retry_success", "retried tasks solved"),
@@ -45,16 +46,16 @@ def curves(rows: list[dict]) -> dict:
     for key, _ in PANELS:
         series = {} if key == "retry_success" else {"all": [(r["update"], r.get(key)) for r in rows]}
         for e in envs if key in ("right_plan_share", "retry_success") else ():
-            series[e] = [(r["update"], r.get(f"{e}/{key}", retried(r.get(f"{e}/success_by_trial")))
-                          if key == "retry_success" else r.get(f"{e}/{key}")) for r in rows]  # fmt: skip
+            series[e] = [(r["update"], env_value(r, e, key)) for r in rows]
         out[key] = {s: [(u, v) for u, v in pts if v is not None] for s, pts in series.items()}
     return out
 
 
-def retried(success_by_trial):
-    """Of the tasks trial 0 failed, the share solved by the last trial (runs older than the metric)."""
-    s = success_by_trial
-    return (s[-1] - s[0]) / (1 - s[0]) if s and None not in (s[0], s[-1]) and s[0] < 1 else None
+def env_value(row, env, key):
+    """row's `env/key`; retry_success of runs older than it, from their success_by_trial."""
+    if key == "retry_success" and f"{env}/{key}" not in row:
+        return retry_success(row.get(f"{env}/success_by_trial"))
+    return row.get(f"{env}/{key}")
 
 
 def reflexion_reference(eval_path: str) -> dict:
@@ -70,8 +71,8 @@ def reflexion_reference(eval_path: str) -> dict:
             continue
         if r.get("right_plan_share") is not None:
             ref["right_plan_share"][env] = r["right_plan_share"]
-        if retried(r["success_by_trial"]) is not None:
-            ref["retry_success"][env] = retried(r["success_by_trial"])
+        if retry_success(r["success_by_trial"]) is not None:
+            ref["retry_success"][env] = retry_success(r["success_by_trial"])
     return ref
 
 
@@ -96,8 +97,7 @@ def plot(data: dict, ref: dict, path: str) -> None:
         out += [_text(x0, T + h + 16, u0), _text(x0 + w, T + h + 16, u1), _text(x0 + w / 2, H - 8, "update")]
         out.append(f'<rect x="{x0}" y="{T}" width="{w}" height="{h}" fill="none" stroke="black"/>')
         for env, v in ref.get(key, {}).items():
-            xy = f'x1="{x0}" y1="{py(v):.1f}" x2="{x0 + w}" y2="{py(v):.1f}"'
-            out.append(f'<line {xy} stroke="{ENV_COLORS.get(env, "#7f7f7f")}" stroke-dasharray="5,4"/>')
+            out.append(_line(x0, py(v), x0 + w, py(v), ENV_COLORS.get(env, "#7f7f7f"), dash="5,4"))
         for s, pts in data[key].items():
             color = ENV_COLORS.get(s, "#7f7f7f")
             xy = " ".join(f"{px(u):.1f},{py(v):.1f}" for u, v in pts)
@@ -106,10 +106,8 @@ def plot(data: dict, ref: dict, path: str) -> None:
     series = [s for s in ENV_COLORS if any(s in d for d in data.values())]
     for j, s in enumerate(series + ["reflexion (eval.py)"] * bool(ref)):
         x, y = W * len(PANELS) + 8, T + 10 + 18 * j
-        dash = ' stroke-dasharray="5,4"' if s.startswith("reflexion") else ""
-        color = ENV_COLORS.get(s, "#7f7f7f")
-        xy = f'x1="{x}" y1="{y}" x2="{x + 22}" y2="{y}"'
-        out.append(f'<line {xy} stroke="{color}" stroke-width="2"{dash}/>')
+        dash = "5,4" if s.startswith("reflexion") else None
+        out.append(_line(x, y, x + 22, y, ENV_COLORS.get(s, "#7f7f7f"), 2, dash))
         out.append(_text(x + 28, y + 4, s, "start"))
     with open(path, "w") as f:
         f.write("\n".join(out + ["</svg>"]) + "\n")
