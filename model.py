@@ -364,7 +364,8 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
     cuts `text` before it and keeps the shortest token prefix whose text covers the kept text (a token
     straddling the cut stays). Rows that finish leave the batch; the loop ends when all have finished.
     prefix_cache: an infra.prefix_cache.PrefixCache; reuse the keys/values of the longest stored prefix
-    of each prompt and store every prompt's (same results up to float rounding; see PrefixCache).
+    of each prompt, run a prefix that several rows share once, and store every prompt's (same results up
+    to float rounding; see PrefixCache).
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate: prompts must be a non-empty list of non-empty token lists")
@@ -397,6 +398,8 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
         pos = (valid[:, :P].long().cumsum(-1) - 1).clamp(min=0)  # (B, P) per-row positions
         cache = KVCache(cfg, B, total, device=device, dtype=dtype)
         if prefix_cache is not None:  # cache slots [0, L) are filled: run only the columns after them
+            for shared in prefix_cache.shared(prompts):  # run a prefix the rows share once, not per row
+                generate(model, [shared], 1, temperature=0, prefix_cache=prefix_cache)
             L, matches = prefix_cache.fill(prompts, cache)
             idx, pos = idx[:, L:], pos[:, L:]  # (B, P - L); pos stays each token's index in its prompt
         stop = torch.tensor(sorted(set(stop_ids)) or [-1], device=device)

@@ -59,6 +59,34 @@ class PrefixCache:
         while len(self.entries) > self.max_entries or (self.max_bytes and self.nbytes > self.max_bytes):
             self.pop(next(iter(self.entries)))  # the least recently used
 
+    def shared(self, prompts: list[list[int]], min_tokens: int = 16) -> list[list[int]]:
+        """Prefixes that two or more prompts share beyond what the cache holds, shortest first.
+
+        When many episodes start at once (a new batch of tasks), their prompts share the instruction
+        and few-shot examples but no entry holds them yet: each row would run them again. generate()
+        runs each of these prefixes once (batch 1) and stores it, so the rows then run only their own
+        tails. A prefix counts if it is at least min_tokens longer than what is stored of it.
+        """
+        if len(prompts) < 2:
+            return []
+        order = sorted(range(len(prompts)), key=lambda i: prompts[i])
+        common = [0] * len(prompts)  # per row: its longest prefix shared with another row
+        # in sorted order the longest prefix a row shares with any other row is one it shares with a neighbour
+        for a, b in zip(order, order[1:], strict=False):
+            p, q = np.asarray(prompts[a]), np.asarray(prompts[b])
+            n = min(len(p), len(q))
+            diff = np.flatnonzero(p[:n] != q[:n])
+            n = int(diff[0]) if diff.size else n
+            common[a], common[b] = max(common[a], n), max(common[b], n)
+        out = []
+        found = {tuple(p[:n]) for p, n in zip(prompts, common, strict=True) if n >= min_tokens}
+        for s in sorted(found, key=len):
+            # what is stored, or will be once a shorter prefix taken here has run
+            have = max([self.match(s)[1]] + [len(a) for a in out if s[: len(a)] == a])
+            if len(s) - have >= min_tokens:
+                out.append(s)
+        return [list(s) for s in out]
+
     def fill(self, prompts: list[list[int]], cache: "KVCache") -> tuple[int, list]:
         """Copy each row's cached prefix into the left-padded `cache`; return (L, matches).
 

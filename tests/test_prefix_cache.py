@@ -158,3 +158,29 @@ def test_local_llm_rollouts_same_with_and_without_cache():
     assert [t.steps for t in trajs[True]] == [t.steps for t in trajs[False]]
     assert any("elided" in tok.decode(list(k)) for k in llms[True].prefix_cache.entries)  # partial matches
     assert prefill[True] < 0.75 * prefill[False]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_new_episodes_run_their_shared_prefix_once(arch):
+    """16 episodes start at once with no entry stored: the few-shot prefix they share (and the longer one
+    that half of them share) is run once, not by every row; the results equal generate() without a cache."""
+    m, rng = random_model(arch), random.Random(2)
+    fewshot = [rng.randrange(64) for _ in range(40)]
+    task_a = [rng.randrange(64) for _ in range(20)]  # 8 episodes of the same task, 8 of others
+    tail = lambda i: [rng.randrange(64) for _ in range(3 + i)]
+    batch = [fewshot + (task_a if i < 8 else []) + tail(i) for i in range(16)]
+    widths, hook = block_widths(m)
+    pc = PrefixCache()
+    got = M.generate(m, batch, 6, temperature=0, prefix_cache=pc)
+    hook.remove()
+    assert_same(got, M.generate(m, batch, 6, temperature=0))
+    # the 40 shared tokens, then the 20 more that rows 0-7 share, then one block as wide as the longest tail
+    assert widths[:3] == [40, 20, max(len(p) - (60 if i < 8 else 40) for i, p in enumerate(batch))]
+    assert len(pc) == 16 and {tuple(p) for p in batch} == set(pc.entries)  # the prefix entries were replaced
+    assert pc.shared(batch) == []  # stored now: nothing more to share
+    widths, hook = block_widths(m)
+    M.generate(m, [fewshot + [1, 2], fewshot + [1, 3]], 2, temperature=0, prefix_cache=pc)  # 1 new shared
+    hook.remove()
+    assert widths[0] == 2  # shares one token beyond the stored 40: below min_tokens, no extra forward
+    assert PrefixCache().shared([fewshot[:15] + [1], fewshot[:15] + [2]]) == []  # 15 < min_tokens
+    assert PrefixCache().shared([fewshot]) == []
