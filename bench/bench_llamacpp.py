@@ -22,7 +22,6 @@ llama.cpp computes in the file's own Q4_1. Each side gets --threads threads. Not
 import argparse
 import concurrent.futures
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,10 @@ import requests
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_quant import logit_error  # noqa: E402
+from bench_serve import free_port  # noqa: E402
 
 import actor  # noqa: E402
 import envs  # noqa: E402
@@ -48,9 +51,7 @@ class NoSharing(PrefixCache):
 
 
 def start_server(python: str, gguf: str, threads: int, n_ctx: int):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log = tempfile.TemporaryFile()  # a file, not a pipe: llama.cpp logs more than a pipe holds unread
     p = subprocess.Popen([python, "-m", "llama_cpp.server", "--model", gguf, "--port", str(port), "--n_ctx",
                           str(n_ctx), "--n_threads", str(threads), "--n_threads_batch", str(threads)],
@@ -90,20 +91,17 @@ def timed(fn, reset, repeats):
     return out, best
 
 
-def bench_local(q, args, prompts, make_env, examples, ref_logits):
+def bench_local(q, args, prompts, make_env, examples, ref):
     """The rows of the local actor with weights `q` (fp32, int8, int4); prints its logit error vs fp32."""
     name, rows = f"ours {q}", []
     llm = actor.LocalLLM.load(args.gguf, quantize="" if q == "fp32" else q)
     ids = [llm.encode(s) for s in prompts]
-    with torch.inference_mode():
-        logits = llm.model(torch.tensor([ids[0]]))[0].float()  # (T, V)
-    if ref_logits is None:
-        ref_logits = logits
-    else:
-        d = (logits - ref_logits).abs()
-        agree = (logits.argmax(-1) == ref_logits.argmax(-1)).float().mean()
-        print(f"{name} vs fp32 logits on prompt 0 ({len(ids[0])} positions): max abs diff {d.max():.3f}, "
-              f"mean {d.mean():.4f}, fp32 std {ref_logits.std():.3f}, top-1 agreement {agree:.1%}")
+    if q == "fp32":  # kept for the others' logit error (list fp32 first)
+        ref = llm.model
+    elif ref is not None:
+        ((mx, mean, std, agree),) = logit_error(ref, {name: llm.model}, torch.tensor([ids[0]])).values()
+        print(f"{name} vs fp32 logits on prompt 0 ({len(ids[0])} positions): max abs diff {mx:.3f}, "
+              f"mean {mean:.4f}, fp32 std {std:.3f}, top-1 agreement {agree:.1%}")
     gen = lambda batch: sum(len(g.tokens) for g in llm.generate(batch, args.max_tokens))
     llm.generate([llm.encode("Hello")], 4)  # warm-up
     reset = lambda: llm.prefix_cache.clear()
@@ -118,7 +116,7 @@ def bench_local(q, args, prompts, make_env, examples, ref_logits):
                                                   examples=examples, max_tokens=args.max_tokens),
                          reset, args.repeats)  # fmt: skip
         rows.append((name, f"{args.episodes} episodes", sum(len(t.steps) for t in trajs), s))
-    return rows, ref_logits
+    return rows, ref
 
 
 def main():
@@ -166,9 +164,9 @@ def main():
     finally:
         server.kill()
 
-    ref_logits = None
+    fp32 = None
     for q in args.quant.split(","):
-        part, ref_logits = bench_local(q, args, prompts, make_env, examples, ref_logits)
+        part, fp32 = bench_local(q, args, prompts, make_env, examples, fp32)
         rows += part
 
     ref = {mode: n / s for side, mode, n, s in rows if side.startswith("llama.cpp")}
