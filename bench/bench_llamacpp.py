@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_quant import logit_error  # noqa: E402
-from bench_serve import free_port  # noqa: E402
+from bench_serve import free_port, wait_up  # noqa: E402
 
 import actor  # noqa: E402
 import envs  # noqa: E402
@@ -57,20 +57,14 @@ def start_server(python: str, gguf: str, threads: int, n_ctx: int):
                           str(n_ctx), "--n_threads", str(threads), "--n_threads_batch", str(threads)],
                          stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     url = f"http://127.0.0.1:{port}/v1"
-    for _ in range(1200):
-        try:
-            requests.get(f"{url}/models", timeout=1).raise_for_status()
-            return p, url
-        except requests.RequestException:
-            if p.poll() is not None:
-                log.seek(0)
-                err = log.read().decode(errors="replace")[-2000:]
-                raise SystemExit(f"llama.cpp's server exited with code {p.returncode} ({python} -m "
-                                 f"llama_cpp.server; is llama-cpp-python[server] installed there?):\n{err}"
-                                 ) from None
-            time.sleep(0.1)
-    p.kill()
-    raise SystemExit("llama.cpp's server did not answer within 120 s")
+
+    def why():
+        log.seek(0)
+        return (f"llama.cpp's server exited with code {p.returncode} ({python} -m llama_cpp.server; is "
+                f"llama-cpp-python[server] installed there?):\n{log.read().decode(errors='replace')[-2000:]}")
+
+    wait_up(p, url, why, 120)
+    return p, url
 
 
 def server_complete(url: str, prompt: str, max_tokens: int) -> int:

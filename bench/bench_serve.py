@@ -48,17 +48,23 @@ def start_server(model: str, threads: int) -> tuple[subprocess.Popen, str]:
                           str(port), "--name", "bench", "--device", "cpu"], env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     url = f"http://127.0.0.1:{port}/v1"
-    for _ in range(600):
+    wait_up(p, url, lambda: f"the server exited with code {p.returncode}: run `python actor.py serve "
+                            f"--model {model}` to see why")  # fmt: skip
+    return p, url
+
+
+def wait_up(p: subprocess.Popen, url: str, why, seconds: float = 60.0):
+    """Poll url/models until the server process p answers; SystemExit(why()) if p exits first."""
+    for _ in range(int(seconds * 10)):
         try:
             requests.get(f"{url}/models", timeout=1).raise_for_status()
-            return p, url
+            return
         except requests.RequestException:
             if p.poll() is not None:
-                raise SystemExit(f"the server exited with code {p.returncode}: run `python actor.py serve "
-                                 f"--model {model}` to see why") from None  # fmt: skip
+                raise SystemExit(why()) from None
             time.sleep(0.1)
     p.kill()
-    raise SystemExit("the server did not come up in 60 s")
+    raise SystemExit(f"the server at {url} did not come up in {seconds:.0f} s")
 
 
 def load(url: str, clients: int, seconds: float, max_tokens: int, pid: int) -> dict:
