@@ -72,6 +72,26 @@ class KVCache:
         self.v = torch.empty(shape, device=device, dtype=dtype)
         self.length = 0
 
+    def update(self, layer: int, k, v):
+        """Write the new keys/values (B, n_kv, T, hd) in place; return all filled so far (B, n_kv, S, hd)."""
+        L, T = self.length, k.shape[2]
+        self.k[layer, :, :, L : L + T] = k
+        self.v[layer, :, :, L : L + T] = v
+        return self.k[layer, :, :, : L + T], self.v[layer, :, :, : L + T]
+
+
+class PrefixKV:
+    """Fixed keys/values of a prefix (n_layers, B, n_kv, length, hd) for one forward of the tokens after it.
+
+    Unlike KVCache, the new tokens' keys are concatenated, not written in place, so gradients flow
+    through them (PPO over a prompt read once by the frozen model: ppo.frozen_prompt_kv)."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor):
+        self.k, self.v, self.length = k, v, k.shape[3]
+
+    def update(self, layer: int, k, v):
+        return torch.cat((self.k[layer], k), dim=2), torch.cat((self.v[layer], v), dim=2)
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
@@ -109,13 +129,8 @@ class Attention(nn.Module):
         if rope is not None:
             cos, sin = rope  # (B, 1, T, hd)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
-            # write into the pre-allocated cache in place, attend over everything filled so far
-            L = cache.length
-            cache.k[self.layer_idx, :, :, L : L + T] = k
-            cache.v[self.layer_idx, :, :, L : L + T] = v
-            k = cache.k[self.layer_idx, :, :, : L + T]  # (B, nkv, S, hd)
-            v = cache.v[self.layer_idx, :, :, : L + T]
+        if cache is not None:  # attend over the cached keys and the new ones
+            k, v = cache.update(self.layer_idx, k, v)  # (B, nkv, S, hd)
         is_causal = mask is None and T > 1 and (cache is None or cache.length == 0)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=self.n_kv_heads != self.n_heads
@@ -203,8 +218,8 @@ class Transformer(nn.Module):
                 hidden_only=False):  # fmt: skip
         """idx (B, T) -> logits (B, T, vocab) (T=1 if last_only); with return_hidden also (B, T, C).
 
-        cache: KVCache (filled in place, `cache.length` advanced by T); pos: (B, T) positions (default
-        start..start+T); attn_mask: (B, S) bool, True = real (non-pad) key, S = cache.length + T.
+        cache: KVCache (filled in place, `cache.length` advanced by T) or PrefixKV; pos: (B, T) positions
+        (default start..start+T); attn_mask: (B, S) bool, True = real (non-pad) key, S = cache.length + T.
         hidden_only: return only the final-norm hidden state (B, T, C), no lm_head: a caller that needs
         logits at a few positions applies `model.lm_head` to those (a 128k vocab makes (B, T, V) costly).
         """

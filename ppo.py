@@ -9,6 +9,10 @@ are trained; the reference policy for the KL penalty is the same model with adap
     GAE:      advantages and returns per token                            (compute_gae)
     update:   clipped surrogate + clipped value loss - entropy bonus,
               several epochs over shuffled minibatches                    (ppo_update)
+
+With adapt_prompt=False the frozen model reads the prompt and the adapters act from its last token on:
+sampling (sample_responses) and scoring agree, and the prompt, ~10x longer than a reflection, runs once
+per step without gradient instead of forward and backward in every epoch.
 """
 
 import time
@@ -20,7 +24,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from infra import ddp
+from infra.prefix_cache import PrefixCache
 from lora import disable_lora
+from model import Generation, KVCache, PrefixKV, generate
 
 
 @dataclass
@@ -41,6 +47,9 @@ class PPOConfig:
     max_grad_norm: float = 1.0
     whiten: bool = True  # whiten advantages over the batch's valid tokens
     weight_decay: float = 0.0
+    # False: the frozen model reads the prompt (the trial) and the adapters act from its last token on, so
+    # its keys/values are computed once per step (frozen_prompt_kv), not in every epoch's forward/backward
+    adapt_prompt: bool = True
 
 
 class ValueHead(nn.Module):
@@ -81,6 +90,7 @@ class RolloutBatch:
     ref_logprobs: torch.Tensor  # (B, R) reference (adapters off) log-probs
     values: torch.Tensor  # (B, R) value of the state before each response token
     rewards: torch.Tensor  # (B,) one scalar per reflection, G(k+1) - G(k)
+    prompt_kv: list | None = None  # per row: its prompt's keys/values (adapt_prompt=False, frozen_prompt_kv)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -88,12 +98,13 @@ class RolloutBatch:
     def index(self, idx: torch.Tensor) -> "RolloutBatch":
         """Rows idx, padded to their own longest prompt + response, not the whole update's: a micro-batch
         costs memory and compute for its own lengths. Response tensors become (b, R_idx)."""
-        rows = RolloutBatch(*(getattr(self, f)[idx] for f in self.__dataclass_fields__))
+        rows = RolloutBatch(*(getattr(self, f)[idx] for f in list(self.__dataclass_fields__)[:-1]))
         n = rows.response_mask.sum(1).long()  # (b,) response lengths
         L, R = int((rows.prompt_lens + n).max()), int(n.max())
+        kv = None if self.prompt_kv is None else [self.prompt_kv[i] for i in idx.tolist()]
         return RolloutBatch(rows.input_ids[:, :L], rows.prompt_lens, rows.response_ids[:, :R],
                             rows.response_mask[:, :R], rows.logprobs[:, :R], rows.ref_logprobs[:, :R],
-                            rows.values[:, :R], rows.rewards)  # fmt: skip
+                            rows.values[:, :R], rows.rewards, kv)  # fmt: skip
 
 
 def pad_batch(prompts, responses, device) -> tuple[torch.Tensor, ...]:
@@ -118,19 +129,27 @@ def pad_batch(prompts, responses, device) -> tuple[torch.Tensor, ...]:
     return input_ids.to(device), prompt_lens.to(device), response_ids.to(device), response_mask.to(device)
 
 
-def response_forward(model, value_head, input_ids, prompt_lens, response_ids):
+def response_forward(model, value_head, input_ids, prompt_lens, response_ids, prompt_kv=None):
     """Log-probs, entropies and values of the response tokens: three (B, R) tensors.
 
     Right padding needs no attention mask: a causal model never looks at the pads after a token.
     The logits and hidden state at position t belong to the token at t + 1.
+    prompt_kv (adapt_prompt=False): per row the keys/values of all its prompt but the last token; only
+    the R tokens from that one on run through `model`.
     """
-    hidden = model(input_ids, hidden_only=True)  # (B, L, C): no (B, L, V) logits over the prompt
-    B, L, C = hidden.shape
+    B, L = input_ids.shape
     R = response_ids.shape[1]
-    pos = (prompt_lens[:, None] - 1 + torch.arange(R, device=input_ids.device)).clamp(max=L - 1)  # (B, R)
-    hidden = hidden.gather(1, pos[..., None].expand(B, R, C))  # (B, R, C)
+    pos = prompt_lens[:, None] - 1 + torch.arange(R, device=input_ids.device)  # (B, R)
+    if prompt_kv is None:
+        hidden = model(input_ids, hidden_only=True)  # (B, L, C): no (B, L, V) logits over the prompt
+        hidden = hidden.gather(1, pos.clamp(max=L - 1)[..., None].expand(B, R, hidden.shape[-1]))  # (B, R, C)
+    else:
+        cache, mask = stack_prompt_kv(prompt_kv, R)
+        tail = input_ids.gather(1, pos.clamp(max=L - 1))  # (B, R): the prompt's last token, the response's
+        hidden = model(tail, cache=cache, pos=pos, attn_mask=mask, hidden_only=True)  # (B, R, C)
     lm_head = getattr(model, "module", model).lm_head  # `module`: the model under DDP
-    logits = lm_head(hidden).float()  # (B, R, V)
+    logits = lm_head(hidden)  # (B, R, V)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # float32 at least
     logp_all = F.log_softmax(logits, dim=-1)
     logprobs = logp_all.gather(-1, response_ids[..., None]).squeeze(-1)  # (B, R)
     entropy = -(logp_all.exp() * logp_all).sum(-1)  # (B, R)
@@ -138,8 +157,52 @@ def response_forward(model, value_head, input_ids, prompt_lens, response_ids):
     return logprobs, entropy, values
 
 
+def sample_responses(model, prompts: list[list[int]], max_new_tokens: int, adapt_prompt: bool = True,
+                     **kw) -> list[Generation]:  # fmt: skip
+    """The policy's responses, as make_rollout scores them: model.generate(), but with adapt_prompt=False
+    the frozen model reads each prompt but its last token (into a prefix cache) and the adapters run from
+    that token on."""
+    if adapt_prompt or all(len(p) < 2 for p in prompts):
+        return generate(model, prompts, max_new_tokens, **kw)
+    cache = PrefixCache(max_entries=2 * len(prompts))
+    with disable_lora(model):
+        generate(model, [p[:-1] for p in prompts if len(p) > 1], 1, temperature=0, prefix_cache=cache)
+    return generate(model, prompts, max_new_tokens, prefix_cache=cache, **kw)
+
+
 @torch.no_grad()
-def make_rollout(model, value_head, prompts, responses, rewards, micro_batch_size: int = 8) -> RolloutBatch:
+def frozen_prompt_kv(model, input_ids, prompt_lens) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per row, keys and values (n_layers, n_kv, P_i - 1, hd) of its prompt but the last token, read by
+    the frozen model (adapters off): what the policy and the reference share when adapt_prompt=False."""
+    P = int(prompt_lens.max()) - 1
+    cache = KVCache(model.config, input_ids.shape[0], max(P, 0), device=input_ids.device,
+                    dtype=next(model.parameters()).dtype)  # fmt: skip
+    if P > 0:
+        with disable_lora(model):
+            model(input_ids[:, :P], cache=cache, hidden_only=True)  # causal: pads after a row's prompt unseen
+    # clones: compact copies, not views that keep the whole micro-batch's cache alive
+    return [(cache.k[:, i, :, : p - 1].clone(), cache.v[:, i, :, : p - 1].clone())
+            for i, p in enumerate(prompt_lens.tolist())]  # fmt: skip
+
+
+def stack_prompt_kv(rows, R: int) -> tuple[PrefixKV, torch.Tensor]:
+    """prompt_kv rows right-padded into one PrefixKV (n_layers, B, n_kv, P, hd) and the (B, P + R) mask
+    of real keys: row i's P_i - 1 prompt keys, then all R new tokens (a causal model never sees the
+    pads after a real one)."""
+    P = max(k.shape[2] for k, _ in rows)
+    n_layers, n_kv, _, hd = rows[0][0].shape
+    k = rows[0][0].new_zeros(n_layers, len(rows), n_kv, P, hd)  # zeros: NaN * 0 attention weight is NaN
+    v = torch.zeros_like(k)
+    mask = torch.ones(len(rows), P + R, dtype=torch.bool, device=k.device)
+    for i, (ki, vi) in enumerate(rows):
+        k[:, i, :, : ki.shape[2]], v[:, i, :, : vi.shape[2]] = ki, vi
+        mask[i, ki.shape[2] : P] = False
+    return PrefixKV(k, v), mask
+
+
+@torch.no_grad()
+def make_rollout(model, value_head, prompts, responses, rewards, micro_batch_size: int = 8,
+                 adapt_prompt: bool = True) -> RolloutBatch:  # fmt: skip
     """Score B (prompt_ids, response_ids, reward) with the policy, the reference and the value head."""
     device = next(model.parameters()).device
     input_ids, prompt_lens, response_ids, mask = pad_batch(prompts, responses, device)
@@ -155,21 +218,24 @@ def make_rollout(model, value_head, prompts, responses, rewards, micro_batch_siz
     rewards = torch.as_tensor(rewards, dtype=torch.float32, device=device).reshape(-1)
     if rewards.numel() != len(prompts):
         raise ValueError(f"need one reward per response: {rewards.numel()} rewards, {len(prompts)} responses")
-    logprobs, ref_logprobs, values = [], [], []
+    logprobs, ref_logprobs, values, kvs = [], [], [], []
     R = response_ids.shape[1]
     for s in range(0, len(prompts), micro_batch_size):
         mb = slice(s, s + micro_batch_size)
         n = mask[mb].sum(1).long()  # (b,) each micro-batch padded to its own longest sequence
         L_mb, R_mb = int((prompt_lens[mb] + n).max()), int(n.max())
         ids, pl, resp = input_ids[mb, :L_mb], prompt_lens[mb], response_ids[mb, :R_mb]
-        lp, _, v = response_forward(model, value_head, ids, pl, resp)
+        kv = None if adapt_prompt else frozen_prompt_kv(model, ids, pl)
+        kvs += kv or []
+        lp, _, v = response_forward(model, value_head, ids, pl, resp, kv)
         with disable_lora(model):
-            ref_lp, _, _ = response_forward(model, None, ids, pl, resp)
+            ref_lp, _, _ = response_forward(model, None, ids, pl, resp, kv)
         logprobs.append(F.pad(lp, (0, R - R_mb)))  # back to (b, R)
         ref_logprobs.append(F.pad(ref_lp, (0, R - R_mb)))
         values.append(F.pad(v, (0, R - R_mb)))
     return RolloutBatch(input_ids, prompt_lens, response_ids, mask, torch.cat(logprobs) * mask,
-                        torch.cat(ref_logprobs) * mask, torch.cat(values) * mask, rewards)
+                        torch.cat(ref_logprobs) * mask, torch.cat(values) * mask, rewards,
+                        None if adapt_prompt else kvs)  # fmt: skip
 
 
 def token_rewards(batch: RolloutBatch, kl_coef: float) -> torch.Tensor:
@@ -252,7 +318,7 @@ def ppo_update(model, value_head, optimizer, batch: RolloutBatch, cfg: PPOConfig
                 mb = batch.index(idx)
                 R = mb.response_ids.shape[1]  # (b, R) tensors: this micro-batch's own padding
                 logp, ent, values = response_forward(model, value_head, mb.input_ids, mb.prompt_lens,
-                                                     mb.response_ids)
+                                                     mb.response_ids, mb.prompt_kv)
                 adv, ret = advantages[idx, :R], returns[idx, :R]
                 pg, vf, en, kl, cf = ppo_losses(logp, ent, values, mb, adv, ret, cfg)
                 # divide by the minibatch's token count so accumulated micro-batches give its mean
@@ -317,7 +383,7 @@ class PPOTrainer:
         """One PPO update from B (prompt ids, reflection ids, reward) triples, this rank's share under
         torchrun; returns metrics, averaged over ranks."""
         batch = make_rollout(self.model, self.value_head, prompts, responses, rewards,
-                             micro_batch_size=self.cfg.micro_batch_size)
+                             micro_batch_size=self.cfg.micro_batch_size, adapt_prompt=self.cfg.adapt_prompt)
         metrics = ppo_update(self.policy, self.critic, self.optimizer, batch, self.cfg,
                              self.kl_ctl.value, self.generator)
         metrics = ddp.mean_over_ranks(metrics, next(self.model.parameters()).device)

@@ -40,7 +40,7 @@ from actor import HTTPLLM, LLMError, LocalLLM, build_reflection_prompt, load_fro
 from infra import config as configurator
 from infra import ddp, runlog, runstate
 from lora import apply_lora, disable_lora, lora_report
-from ppo import PPOConfig, PPOTrainer
+from ppo import PPOConfig, PPOTrainer, sample_responses
 from worlds.scripted import ExpertLLM, ExplorerLLM, few_shot_examples
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -90,6 +90,7 @@ class Config:
     reflection_batch_size: int = 16
     reflection_prompt_tokens: int = 0  # cap on a reflection prompt; 0: max_seq_len - reflection_max_tokens
     grad_checkpoint: bool = False  # recompute each block in PPO's backward: activations of one block
+    adapt_prompt: bool = True  # False: the frozen model reads the trial, the adapters write the reflection
     lora_r: int = 8
     lora_alpha: float = 16.0
     lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
@@ -241,10 +242,10 @@ class Retrospector:
     """The retrospective model: a causal LM with LoRA adapters that writes reflections."""
 
     def __init__(self, model, tokenizer, chat_template=False, max_tokens=96, temperature=1.0, top_p=1.0,
-                 batch_size=16, max_prompt_tokens=0):  # fmt: skip
+                 batch_size=16, max_prompt_tokens=0, adapt_prompt=True):  # fmt: skip
         self.model, self.tokenizer, self.chat_template = model.eval(), tokenizer, chat_template
         self.max_tokens, self.temperature, self.top_p = max_tokens, temperature, top_p
-        self.batch_size = batch_size
+        self.batch_size, self.adapt_prompt = batch_size, adapt_prompt  # ppo.PPOConfig.adapt_prompt
         # a long trial is elided to fit this budget: PPO's memory grows with prompt length, and a model's
         # max_seq_len (131k for Llama 3.x) is no budget for that
         window = model.config.max_seq_len - max_tokens
@@ -265,7 +266,7 @@ class Retrospector:
         model.grad_checkpoint = cfg.grad_checkpoint
         return cls(model, modelpy.load_tokenizer(cfg.retrospector_path), cfg.chat_template,
                    cfg.reflection_max_tokens, cfg.reflection_temperature, cfg.reflection_top_p,
-                   cfg.reflection_batch_size, cfg.reflection_prompt_tokens)  # fmt: skip
+                   cfg.reflection_batch_size, cfg.reflection_prompt_tokens, cfg.adapt_prompt)  # fmt: skip
 
     def encode(self, text: str) -> list[int]:
         if self.chat_template:  # raises a clear error when the tokenizer has no chat specials
@@ -275,17 +276,16 @@ class Retrospector:
 
     def reflect(self, trajs, generator=None, adapters=True) -> list[Reflection]:
         """One sampled reflection per failed trajectory; adapters=False is the frozen base (Reflexion)."""
-        count = lambda s: len(self.encode(s))
-        prompts = [build_reflection_prompt(t, count_tokens=count, max_prompt_tokens=self.max_prompt_tokens)
-                   for t in trajs]  # fmt: skip
+        prompts = [build_reflection_prompt(t, count_tokens=lambda s: len(self.encode(s)),
+                                           max_prompt_tokens=self.max_prompt_tokens) for t in trajs]
         out = []
         with contextlib.nullcontext() if adapters else disable_lora(self.model):
             for s in range(0, len(prompts), self.batch_size):
                 chunk = prompts[s : s + self.batch_size]
                 ids = [self.encode(p) for p in chunk]
-                gens = modelpy.generate(self.model, ids, self.max_tokens, self.temperature, self.top_p,
-                                        stop_ids=(self.stop_id,), tokenizer=self.tokenizer,
-                                        generator=generator)  # fmt: skip
+                gens = sample_responses(self.model, ids, self.max_tokens, self.adapt_prompt or not adapters,
+                                        temperature=self.temperature, top_p=self.top_p, generator=generator,
+                                        stop_ids=(self.stop_id,), tokenizer=self.tokenizer)  # fmt: skip
                 for p, i, g in zip(chunk, ids, gens, strict=True):
                     stop = [self.stop_id] if g.finish_reason == "stop" else []
                     text = g.text.strip()
@@ -385,7 +385,7 @@ def ppo_config(cfg: Config) -> PPOConfig:
     return PPOConfig(lr=cfg.lr, epochs=cfg.ppo_epochs, minibatch_size=cfg.minibatch_size,
                      micro_batch_size=cfg.micro_batch_size, clip_eps=cfg.clip_eps, vf_coef=cfg.vf_coef,
                      ent_coef=cfg.ent_coef, kl_coef=cfg.kl_coef, target_kl=cfg.target_kl or None,
-                     max_grad_norm=cfg.max_grad_norm)  # fmt: skip
+                     max_grad_norm=cfg.max_grad_norm, adapt_prompt=cfg.adapt_prompt)  # fmt: skip
 
 
 def train(cfg: Config, actor_llm=None, make_env=None):

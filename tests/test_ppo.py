@@ -18,6 +18,8 @@ from ppo import (
     masked_whiten,
     ppo_losses,
     ppo_update,
+    response_forward,
+    sample_responses,
     token_rewards,
 )
 
@@ -167,7 +169,8 @@ def test_non_finite_loss_skips_step_and_keeps_weights():
     assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
 
-def test_micro_batches_accumulate_to_the_minibatch_gradient():
+@pytest.mark.parametrize("adapt_prompt", [True, False])
+def test_micro_batches_accumulate_to_the_minibatch_gradient(adapt_prompt):
     prompts, responses = [[1, 2], [3, 4, 5], [6], [7, 8]], [[9, 10, 11], [12], [13, 14], [15, 16, 17, 18]]
     rewards = [1.0, -0.5, 0.25, 0.0]
     results, init = [], None
@@ -177,11 +180,12 @@ def test_micro_batches_accumulate_to_the_minibatch_gradient():
         for m in lora_modules(model).values():  # B != 0 so that every adapter tensor gets a gradient
             torch.nn.init.normal_(m.lora_B, std=0.1)
         head = ValueHead(model.config.dim)
-        cfg = PPOConfig(epochs=1, minibatch_size=4, micro_batch_size=micro, max_grad_norm=1e9, vf_coef=0.5)
+        cfg = PPOConfig(epochs=1, minibatch_size=4, micro_batch_size=micro, max_grad_norm=1e9, vf_coef=0.5,
+                        adapt_prompt=adapt_prompt)  # fmt: skip
         params = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
         opt = torch.optim.SGD(params, lr=1.0)
         init = init or _trainable(model, head)
-        batch = make_rollout(model, head, prompts, responses, rewards)
+        batch = make_rollout(model, head, prompts, responses, rewards, adapt_prompt=adapt_prompt)
         ppo_update(model, head, opt, batch, cfg, kl_coef=0.1)
         results.append(_trainable(model, head))
     assert all((a - b).abs().max() > 1e-4 for a, b in zip(results[0], init, strict=True))  # all moved
@@ -205,19 +209,20 @@ def _exact_kl(model, prompts, responses):
     return total / len(prompts)
 
 
-def _train(kl_coef, updates=30, seed=0):
+def _train(kl_coef, updates=30, seed=0, adapt_prompt=True):
     """Reward = fraction of the 6 sampled response tokens equal to TARGET. Returns curves and final KL."""
     # lm_head is a target too: the tiny random model's output layer (std 0.02) is too weak to make any
     # token likely from the normed hidden state alone
     model = apply_lora(tiny(vocab=64, dim=64, seed=seed), r=8, alpha=16,
                        targets=("q_proj", "v_proj", "up_proj", "down_proj", "lm_head"))
-    cfg = PPOConfig(lr=1e-2, epochs=4, minibatch_size=8, micro_batch_size=4, kl_coef=kl_coef)
+    cfg = PPOConfig(lr=1e-2, epochs=4, minibatch_size=8, micro_batch_size=4, kl_coef=kl_coef,
+                    adapt_prompt=adapt_prompt)  # fmt: skip
     trainer = PPOTrainer(model, cfg, seed=seed)
     g = torch.Generator().manual_seed(seed)
     prompts = [torch.randint(0, 64, (3,), generator=g).tolist() for _ in range(16)]
     rewards_by_update, kl_by_update = [], []
     for _ in range(updates):
-        gens = generate(model, prompts, max_new_tokens=6, temperature=1.0, generator=g)
+        gens = sample_responses(model, prompts, 6, adapt_prompt, temperature=1.0, generator=g)
         responses = [x.tokens for x in gens]
         rewards = [sum(t == TARGET for t in r) / len(r) for r in responses]
         metrics = trainer.step(prompts, responses, rewards)
@@ -239,6 +244,13 @@ def test_ppo_learns_and_kl_keeps_it_near_the_reference():
     print("kl_coef 2.0: reward by update", curve_kl, "sampled KL", kls_kl, "final KL", round(final_kl_kl, 3))
     assert max(curve_kl) < 0.1  # the KL penalty outweighs the reward: the policy barely moves toward it
     assert final_kl_kl < 1.5 and final_kl_kl < 0.1 * final_kl
+
+
+def test_ppo_learns_with_the_prompt_read_by_the_frozen_model():
+    # adapt_prompt=False: the adapters act on the last prompt token and the response only, and still learn
+    curve, kls, _ = _train(kl_coef=0.01, adapt_prompt=False)
+    print("\nadapt_prompt=False: reward by update", curve, "sampled KL", kls)
+    assert sum(curve[:3]) / 3 < 0.3 and sum(curve[-3:]) / 3 >= 0.8
 
 
 def test_micro_batches_are_padded_to_their_own_length():
@@ -263,3 +275,60 @@ def test_micro_batches_are_padded_to_their_own_length():
     short = batch.index(torch.tensor([1, 2]))  # what ppo_update runs through the model
     assert short.input_ids.shape == (2, 9) and short.response_ids.shape == (2, 5)
     assert short.response_mask.sum().item() == 2 + 5
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_frozen_prompt_sampling_and_rollout_agree(arch):
+    """adapt_prompt=False: the frozen model reads the prompt, the adapters act from its last token on.
+    What sample_responses samples is what make_rollout scores; the reference is unchanged."""
+    cfg = ModelConfig(arch=arch, vocab_size=64, dim=32, n_layers=2, n_heads=4,
+                      n_kv_heads=2 if arch == "llama" else 4, hidden_dim=64, max_seq_len=64, norm_eps=1e-5)
+    torch.manual_seed(0)
+    model = apply_lora(Transformer(cfg).eval(), r=4, alpha=8)
+    for m in lora_modules(model).values():  # B != 0: the adapters change the prompt's keys if they run on it
+        torch.nn.init.normal_(m.lora_B, std=0.3)
+    head = ValueHead(cfg.dim)
+    prompts = [[1, 5, 7, 9, 11, 13, 2, 3], [4, 6, 8], [3], [9, 9, 9, 9, 9, 1, 2]]  # a 1-token prompt too
+    gens = sample_responses(model, prompts, 6, adapt_prompt=False, generator=torch.Generator().manual_seed(1))
+    responses, rewards = [g.tokens for g in gens], [1.0, 0.0, -1.0, 0.5]
+    frozen = make_rollout(model, head, prompts, responses, rewards, micro_batch_size=3, adapt_prompt=False)
+    adapted = make_rollout(model, head, prompts, responses, rewards, micro_batch_size=3)
+    assert [k.shape[2] for k, _ in frozen.prompt_kv] == [len(p) - 1 for p in prompts]
+    for i, g in enumerate(gens):
+        n = len(g.tokens)
+        torch.testing.assert_close(frozen.logprobs[i, :n], torch.tensor(g.logprobs), atol=1e-4, rtol=0)
+    assert (frozen.logprobs - adapted.logprobs).abs().max() > 1e-2  # the two policies differ
+    torch.testing.assert_close(frozen.ref_logprobs, adapted.ref_logprobs, atol=1e-5, rtol=0)
+    # the 1-token prompt has no keys to read: its row is the same policy either way
+    torch.testing.assert_close(frozen.logprobs[2], adapted.logprobs[2], atol=1e-5, rtol=0)
+
+
+def test_frozen_prompt_gradient_matches_finite_differences():
+    """Gradients flow through the new tokens' keys and values (PrefixKV concatenates, never writes in place):
+    d(sum of response log-probs) along a random direction of the adapters equals a central difference."""
+    model = apply_lora(tiny(), r=4, alpha=8).double()
+    for m in lora_modules(model).values():
+        torch.nn.init.normal_(m.lora_B, std=0.3)
+    head = ValueHead(model.config.dim).double()
+    prompts, responses = [[1, 2, 3, 4, 5], [6, 7]], [[9, 10, 11], [12, 13, 14, 15]]
+    batch = make_rollout(model, head, prompts, responses, [1.0, 0.0], adapt_prompt=False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    direction = [torch.randn_like(p) for p in params]
+
+    def objective():
+        lp, _, _ = response_forward(model, None, batch.input_ids, batch.prompt_lens, batch.response_ids,
+                                    batch.prompt_kv)  # fmt: skip
+        return (lp * batch.response_mask).sum()
+
+    grads = torch.autograd.grad(objective(), params)
+    want = sum((g * d).sum() for g, d in zip(grads, direction, strict=True)).item()
+    eps, f = 1e-7, []  # float64 throughout (ppo's logits are float32 at least, not at most)
+    with torch.no_grad():
+        for sign in (1, -1):
+            for p, d in zip(params, direction, strict=True):
+                p.add_(sign * eps * d)
+            f.append(objective().item())
+            for p, d in zip(params, direction, strict=True):
+                p.sub_(sign * eps * d)
+    assert abs(want) > 1e-3
+    assert (f[0] - f[1]) / (2 * eps) == pytest.approx(want, rel=1e-6)

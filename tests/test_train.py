@@ -17,7 +17,8 @@ import model as M
 from actor import HEADER, REFLECT_HEADER, STOP, LLMError, build_reflection_prompt, run_trial
 from formats.bpe import train_bpe
 from lora import lora_modules
-from train import Config, Retrospector, parse_config, rollout, success_counts, train
+from ppo import ValueHead, make_rollout
+from train import Config, Retrospector, parse_config, ppo_config, rollout, success_counts, train
 from worlds.scripted import ExpertLLM
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -389,3 +390,24 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path, retro_path):
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for n in grads[0]:
         torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-5, atol=1e-7)
+
+
+def test_adapt_prompt_off_trains_and_reflections_are_scored_as_sampled(tmp_path, retro_path):
+    """--adapt_prompt=False: the retrospector samples as PPO scores (adapters from the prompt's last token
+    on), and a run trains the adapters."""
+    cfg = tiny_config(tmp_path, retro_path, adapt_prompt=False)
+    retro = train(cfg, actor_llm=ScriptedActor())
+    assert retro.adapt_prompt is False and ppo_config(cfg).adapt_prompt is False
+    assert any(m.lora_B.abs().sum() > 0 for m in lora_modules(retro.model).values())
+    for m in lora_modules(retro.model).values():  # large adapters: the prompt's keys would differ with them
+        torch.nn.init.normal_(m.lora_B, std=0.05)
+    make_env = lambda: envs.make("hotpotqa", "train")
+    traj = run_trial(make_env(), 0, ExpertLLM(make_env), examples=())
+    traj.success = False
+    (r,) = retro.reflect([traj], generator=torch.Generator().manual_seed(0))
+    head = ValueHead(retro.model.config.dim)
+    n = len(r.logprobs)
+    score = lambda a: make_rollout(retro.model, head, [r.prompt_ids], [r.ids], [0.0], adapt_prompt=a).logprobs
+    scored = {a: score(a)[0, :n] for a in (False, True)}
+    torch.testing.assert_close(scored[False], torch.tensor(r.logprobs), atol=1e-4, rtol=0)
+    assert (scored[True] - torch.tensor(r.logprobs)).abs().max() > 1e-3
