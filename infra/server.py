@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 import uuid
@@ -51,6 +52,20 @@ class ActorServer(ThreadingHTTPServer):
         self.n_batches = 0  # generate() calls so far
         self.worker = threading.Thread(target=self._work, daemon=True)
         self.worker.start()
+
+    def shutdown_request(self, request):
+        """Lingering close: a client still sending a body this server refused (413, 411) would get a
+        reset, which can destroy the reply before the client reads it; so after closing the write side,
+        read and drop what it sends, for up to 2 s, until it closes too (as Apache's lingering close)."""
+        try:
+            request.shutdown(socket.SHUT_WR)
+            request.settimeout(0.5)
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline and request.recv(1 << 16):
+                pass
+        except OSError:  # reset, timed out, or already gone: nothing more to wait for
+            pass
+        self.close_request(request)
 
     def _work(self):
         while True:
