@@ -98,7 +98,7 @@ class RolloutBatch:
     def index(self, idx: torch.Tensor) -> "RolloutBatch":
         """Rows idx, padded to their own longest prompt + response, not the whole update's: a micro-batch
         costs memory and compute for its own lengths. Response tensors become (b, R_idx)."""
-        rows = RolloutBatch(*(getattr(self, f)[idx] for f in list(self.__dataclass_fields__)[:-1]))
+        rows = RolloutBatch(*(getattr(self, f)[idx] for f in self.__dataclass_fields__ if f != "prompt_kv"))
         n = rows.response_mask.sum(1).long()  # (b,) response lengths
         L, R = int((rows.prompt_lens + n).max()), int(n.max())
         kv = None if self.prompt_kv is None else [self.prompt_kv[i] for i in idx.tolist()]
