@@ -3,7 +3,7 @@
     pip install -r requirements-bench.txt      # llama-cpp-python[server], a bench extra: ~10 min build
     python bench/bench_llamacpp.py [--gguf checkpoints/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf]
         [--server-python PYTHON] [--env hotpotqa] [--prompts 16] [--examples 2] [--max-tokens 64]
-        [--threads 2] [--quant fp32,int8,int4] [--episodes 16]
+        [--threads 2] [--quant fp32,bf16,int8,int4] [--episodes 16]
 
 Prompts: the first ReAct prompt of the first --prompts test tasks of --env, with --examples few-shot
 examples (actor.Episode.prompt: the harness's own prompt), so they share the header and the examples.
@@ -15,7 +15,8 @@ Each side completes them greedily, max_tokens --max-tokens, no stop strings:
 tokens/s = tokens generated (each side's own count) / wall time, prefill included. Then --episodes
 whole episodes through actor.run_trials at concurrency 16 (HTTPLLM to the server; LocalLLM batched):
 ReAct steps/s. The local model is the GGUF dequantized to float32 (fp32), or requantized by
-infra/quantize.py (int8 / int4); its logit error against fp32 is printed (all positions of prompt 0).
+infra/quantize.py (int8 / int4), or cast to bfloat16 (bf16: fast where the CPU has AVX512-BF16 or AMX);
+its logit error against fp32 is printed (all positions of prompt 0).
 llama.cpp computes in the file's own Q4_1. Each side gets --threads threads. Not a test.
 """
 
@@ -86,9 +87,10 @@ def timed(fn, reset, repeats):
 
 
 def bench_local(q, args, prompts, make_env, examples, ref):
-    """The rows of the local actor with weights `q` (fp32, int8, int4); prints its logit error vs fp32."""
+    """The rows of the local actor with weights `q` (fp32, bf16, int8, int4); prints its logit error."""
     name, rows = f"ours {q}", []
-    llm = actor.LocalLLM.load(args.gguf, quantize="" if q == "fp32" else q)
+    dtype = torch.bfloat16 if q == "bf16" else None  # bf16: weights and activations (train.py's --dtype)
+    llm = actor.LocalLLM.load(args.gguf, dtype=dtype, quantize="" if q in ("fp32", "bf16") else q)
     ids = [llm.encode(s) for s in prompts]
     if q == "fp32":  # kept for the others' logit error (list fp32 first)
         ref = llm.model
@@ -122,7 +124,7 @@ def main():
     p.add_argument("--examples", type=int, default=2)
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--quant", default="fp32,int8,int4")
+    p.add_argument("--quant", default="fp32,bf16,int8,int4", help="fp32 first: the others' logit reference")
     p.add_argument("--episodes", type=int, default=16, help="0: skip the run_trials part")
     p.add_argument("--repeats", type=int, default=2, help="best wall time of this many runs")
     args = p.parse_args()
