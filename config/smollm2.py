@@ -17,7 +17,7 @@
 envs = "hotpotqa"
 out_dir = "out-smollm2"  # apart from the default run's out/
 device = "cpu"
-dtype = "float32"  # bfloat16: 1.6x faster updates on CPUs with AVX512-BF16 or AMX (docs/benchmarks.md)
+dtype = "float32"  # bfloat16: 1.6x faster updates on a CPU with AMX, less without (docs/benchmarks.md)
 threads = 2
 
 actor = "local"
